@@ -1,0 +1,1 @@
+"""aple-jax: CLIP prompt learning (APLe and its baselines) in JAX/Flax."""

@@ -1,0 +1,257 @@
+"""OpenAI CLIP (ViT) in Flax linen, with prompt insertion points in both towers.
+
+Parameter names follow OpenAI's state dict (and scenic): `visual/transformer/resblocks.{i}/attn/query/kernel`,
+`text/ln_final/scale`, `logit_scale`, so converting OpenAI checkpoints is nearly the identity.
+
+Prompts are arguments, never parameters:
+- text tower: encodes given token embeddings `(N, L, D)`, pools at a given EOT index, and optional deep prompts
+  `deep[k]` of shape `(n, D)` replace positions `1..n` before block `k + 1`;
+- vision tower: optional shallow prompts `(n, D)` are appended after the patch tokens before `ln_pre`; optional
+  deep prompts `deep[k]` of shape `(n, D)` replace the last `n` tokens before block `k + 1`.
+With no prompts both towers compute plain CLIP.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+    """Shapes of a ViT CLIP; `*_heads` default to OpenAI's width // 64."""
+    embed_dim: int = 512
+    image_resolution: int = 224
+    vision_layers: int = 12
+    vision_width: int = 768
+    vision_patch_size: int = 16
+    vision_heads: int = 12
+    context_length: int = 77
+    vocab_size: int = 49408
+    text_width: int = 512
+    text_heads: int = 8
+    text_layers: int = 12
+    mlp_ratio: int = 4
+    activation: str = "quick_gelu"
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_resolution // self.vision_patch_size) ** 2
+
+
+PRESETS: dict[str, CLIPConfig] = {
+    "ViT-B/32": CLIPConfig(vision_patch_size=32),
+    "ViT-B/16": CLIPConfig(vision_patch_size=16),
+    "ViT-L/14": CLIPConfig(embed_dim=768, vision_layers=24, vision_width=1024, vision_patch_size=14,
+                           vision_heads=16, text_width=768, text_heads=12),
+    "tiny": CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
+                       vision_heads=2, vocab_size=1000, text_width=64, text_heads=2, text_layers=2),
+}
+
+
+def get_config(name: str) -> CLIPConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown CLIP preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def quick_gelu(x: Array) -> Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
+
+
+def _layer_norm(name: str) -> nn.Module:
+    # A plain nn.LayerNorm keeps the parameter path `<name>/{scale,bias}` (no extra nesting level).
+    return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with OpenAI's q/k/v/out projections and `jax.nn.dot_product_attention`."""
+    num_heads: int
+    causal: bool
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name)
+        q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+        return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(y)
+
+
+class MLP(nn.Module):
+    hidden: int
+    activation: str
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        h = nn.Dense(self.hidden, dtype=self.dtype, name="c_fc")(x)
+        h = ACTIVATIONS[self.activation](h)
+        return nn.Dense(x.shape[-1], dtype=self.dtype, name="c_proj")(h)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    num_heads: int
+    mlp_ratio: int
+    activation: str
+    causal: bool
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        h = _layer_norm("ln_1")(x).astype(self.dtype)
+        x = x + Attention(self.num_heads, self.causal, self.dtype, name="attn")(h)
+        h = _layer_norm("ln_2")(x).astype(self.dtype)
+        return x + MLP(x.shape[-1] * self.mlp_ratio, self.activation, self.dtype, name="mlp")(h)
+
+
+class Transformer(nn.Module):
+    """A stack of blocks; `replace(x, k)` inserts the deep prompts that go before block k."""
+    layers: int
+    num_heads: int
+    mlp_ratio: int
+    activation: str
+    causal: bool
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, deep_prompts: Sequence[Array] | None, replace) -> Array:
+        block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+        n_deep = 0 if deep_prompts is None else len(deep_prompts)
+        if n_deep >= self.layers:
+            raise ValueError(f"{n_deep} deep prompt layers need more than the tower's {self.layers} layers")
+        for i in range(self.layers):
+            if 1 <= i <= n_deep:
+                x = replace(x, deep_prompts[i - 1].astype(x.dtype))
+            x = block_cls(self.num_heads, self.mlp_ratio, self.activation, self.causal, self.dtype,
+                          name=f"resblocks.{i}")(x)
+        return x
+
+
+def _broadcast_rows(prompt: Array, batch: int) -> Array:
+    """A prompt `(n, D)` shared by all rows, or `(batch, n, D)` per row, as `(batch, n, D)`."""
+    return jnp.broadcast_to(prompt, (batch,) + prompt.shape[-2:]) if prompt.ndim == 2 else prompt
+
+
+class VisionTransformer(nn.Module):
+    cfg: CLIPConfig
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, images: Array, shallow_prompts: Array | None = None,
+                 deep_prompts: Sequence[Array] | None = None) -> Array:
+        cfg = self.cfg
+        expected = (cfg.image_resolution, cfg.image_resolution, 3)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"images must have shape (batch, {expected[0]}, {expected[1]}, 3) (NHWC) for this "
+                             f"CLIP, got {tuple(images.shape)}")
+        width = cfg.vision_width
+        x = nn.Conv(width, (cfg.vision_patch_size,) * 2, strides=(cfg.vision_patch_size,) * 2, padding="VALID",
+                    use_bias=False, dtype=self.dtype, name="conv1")(images.astype(self.dtype))
+        b = x.shape[0]
+        x = x.reshape(b, -1, width)
+        cls = self.param("class_embedding", nn.initializers.normal(width ** -0.5), (width,))
+        pos = self.param("positional_embedding", nn.initializers.normal(width ** -0.5), (cfg.num_patches + 1, width))
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, width)), x], axis=1) + pos.astype(x.dtype)
+        if shallow_prompts is not None:
+            x = jnp.concatenate([x, _broadcast_rows(shallow_prompts, b).astype(x.dtype)], axis=1)
+        x = _layer_norm("ln_pre")(x).astype(self.dtype)
+
+        def replace_last(h: Array, prompt: Array) -> Array:
+            n = prompt.shape[-2]
+            return jnp.concatenate([h[:, :h.shape[1] - n], _broadcast_rows(prompt, h.shape[0])], axis=1)
+
+        x = Transformer(cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio, cfg.activation, False, self.dtype,
+                        self.remat, name="transformer")(x, deep_prompts, replace_last)
+        pooled = _layer_norm("ln_post")(x[:, 0])
+        return nn.Dense(cfg.embed_dim, use_bias=False, dtype=jnp.float32, name="proj")(pooled)
+
+
+class TextTransformer(nn.Module):
+    cfg: CLIPConfig
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.token_embedding = nn.Embed(cfg.vocab_size, cfg.text_width, embedding_init=nn.initializers.normal(0.02))
+        self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.01),
+                                               (cfg.context_length, cfg.text_width))
+        self.transformer = Transformer(cfg.text_layers, cfg.text_heads, cfg.mlp_ratio, cfg.activation, True,
+                                       self.dtype, self.remat)
+        self.ln_final = _layer_norm("ln_final")
+        self.text_projection = nn.Dense(cfg.embed_dim, use_bias=False, dtype=jnp.float32)
+
+    def embed(self, token_ids: Array) -> Array:
+        """Token embeddings (no positions) of integer ids, for building prompts."""
+        return self.token_embedding(token_ids)
+
+    def __call__(self, token_embeds: Array, eot_idx: Array, deep_prompts: Sequence[Array] | None = None) -> Array:
+        length = token_embeds.shape[1]
+        if length > self.cfg.context_length:
+            raise ValueError(f"text of {length} tokens exceeds the context length {self.cfg.context_length}")
+        x = (token_embeds + self.positional_embedding[:length]).astype(self.dtype)
+
+        def replace_ctx(h: Array, prompt: Array) -> Array:
+            n = prompt.shape[-2]
+            return jnp.concatenate([h[:, :1], _broadcast_rows(prompt, h.shape[0]), h[:, 1 + n:]], axis=1)
+
+        x = self.transformer(x, deep_prompts, replace_ctx)
+        x = self.ln_final(x)
+        pooled = jnp.take_along_axis(x, eot_idx.astype(jnp.int32)[:, None, None], axis=1)[:, 0]
+        return self.text_projection(pooled)
+
+
+class CLIP(nn.Module):
+    """Both towers plus `logit_scale`; call `encode_image`, `encode_text` or `embed_tokens` via `apply`."""
+    cfg: CLIPConfig
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    def setup(self) -> None:
+        self.visual = VisionTransformer(self.cfg, self.dtype, self.remat)
+        self.text = TextTransformer(self.cfg, self.dtype, self.remat)
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(jnp.log(1 / 0.07)), ())
+
+    def encode_image(self, images: Array, shallow_prompts: Array | None = None,
+                     deep_prompts: Sequence[Array] | None = None) -> Array:
+        return self.visual(images, shallow_prompts, deep_prompts)
+
+    def encode_text(self, token_embeds: Array, eot_idx: Array, deep_prompts: Sequence[Array] | None = None) -> Array:
+        return self.text(token_embeds, eot_idx, deep_prompts)
+
+    def embed_tokens(self, token_ids: Array) -> Array:
+        return self.text.embed(token_ids)
+
+    def __call__(self, images: Array, token_ids: Array) -> tuple[Array, Array]:
+        """Plain CLIP logits (image x text) for token ids whose EOT is the largest id."""
+        img = normalize(self.encode_image(images))
+        txt = normalize(self.encode_text(self.embed_tokens(token_ids), jnp.argmax(token_ids, axis=-1)))
+        logits = jnp.exp(self.logit_scale) * img @ txt.T
+        return logits, logits.T
+
+
+def normalize(x: Array) -> Array:
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def init_params(cfg: CLIPConfig, seed: int = 0) -> Params:
+    """Random fp32 parameters of a CLIP with this config (tests and benchmarks)."""
+    model = CLIP(cfg)
+    images = jnp.zeros((1, cfg.image_resolution, cfg.image_resolution, 3), jnp.float32)
+    tokens = jnp.zeros((1, cfg.context_length), jnp.int32)
+    return jax.jit(model.init)(jax.random.key(seed), images, tokens)["params"]

@@ -1,0 +1,25 @@
+"""Methods by name. A method is a way of building the towers' prompt arguments plus a phase schedule."""
+from __future__ import annotations
+
+import ml_collections
+
+from aple_jax.clip.backbone import Backbone
+from aple_jax.clip.tokenizer import Tokenizer
+from aple_jax.methods.aple import APLe
+from aple_jax.methods.base import Method, Phase
+from aple_jax.methods.zeroshot import ZeroShot
+
+METHODS: dict[str, type[Method]] = {
+    "zeroshot": ZeroShot,
+    "ivlp": Method,
+    "aple": APLe,
+}
+
+
+def build_method(config: ml_collections.ConfigDict, backbone: Backbone, tokenizer: Tokenizer) -> Method:
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}; expected one of {sorted(METHODS)}")
+    return METHODS[config.method](config, backbone, tokenizer)
+
+
+__all__ = ["METHODS", "Method", "Phase", "build_method"]

@@ -1,0 +1,148 @@
+"""What every method shares: phases as data, and deep V-L prompts (IVLP) from which most methods are built.
+
+A method knows how to initialise its prompt tree, how to turn it into the towers' prompt arguments, and its phase
+schedule. It holds no training loop. With text depth 1 and no vision prompts the deep-prompt method is CoOp; with both
+modalities it is IVLP; APLe and PromptSRC add phases, loss weights and the image adapter on top.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from aple_jax import prompts as P
+from aple_jax.adapter import AdapterConfig
+from aple_jax.clip.backbone import Backbone
+from aple_jax.clip.tokenizer import Tokenizer
+from aple_jax.losses import TERMS, KLOptions
+
+Array = jax.Array
+MODALITIES = ("text", "vision")
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One sequential training phase: what trains, which prompts enter the towers, how long, which losses."""
+    name: str
+    train: tuple[str, ...]                      # selectors over prompt paths (see prompts.select)
+    epochs: int
+    lr: float
+    present: tuple[str, ...] = MODALITIES       # modalities whose prompts enter the towers
+    losses: tuple[tuple[str, float], ...] = (("ce", 1.0),)
+    gpa: tuple[float, float] | None = None      # PromptSRC's Gaussian prompt aggregation (mean, std) over epochs
+
+    def __post_init__(self) -> None:
+        unknown = [k for k, _ in self.losses if k not in TERMS]
+        if unknown:
+            raise ValueError(f"phase {self.name!r}: unknown loss terms {unknown}; expected some of {TERMS}")
+        if self.epochs < 1:
+            raise ValueError(f"phase {self.name!r}: epochs must be >= 1, got {self.epochs}")
+        if not self.train:
+            raise ValueError(f"phase {self.name!r} trains nothing: its selector list is empty")
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(self.losses)
+
+
+def adapter_from_config(cfg: ml_collections.ConfigDict | None) -> AdapterConfig | None:
+    if cfg is None or not cfg.get("enabled", False):
+        return None
+    return AdapterConfig(sigma=cfg.sigma, alpha=cfg.alpha, freq_units=cfg.freq_units, kernel_norm=cfg.kernel_norm)
+
+
+class Method:
+    """Deep, independent vision and language prompts (IVLP); depth 0 for a modality means no prompts there."""
+    name = "ivlp"
+    per_image_text = False   # True when text features depend on the image (CoCoOp): never cached
+
+    def __init__(self, config: ml_collections.ConfigDict, backbone: Backbone, tokenizer: Tokenizer):
+        self.config = config
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        pc = config.prompts
+        self.text_n_ctx, self.text_depth = pc.text.n_ctx, pc.text.depth
+        self.vision_n_ctx, self.vision_depth = pc.vision.n_ctx, pc.vision.depth
+        self.prefix, self.init_from_words = P.context_prefix(tokenizer, pc.text.init, self.text_n_ctx)
+        self.adapter = adapter_from_config(config.get("adapter"))
+        adapter_cfg = config.get("adapter") or {}
+        self.adapter_train = self.adapter is not None and adapter_cfg.get("apply_train", True)
+        self.adapter_test = self.adapter is not None and adapter_cfg.get("apply_test", True)
+        self.teacher_sees_adapter = self.adapter_train and adapter_cfg.get("teacher_input", "fused") == "fused"
+        kl = config.get("kl") or {}
+        self.kl = KLOptions(kl.get("temperature", 1.0), kl.get("direction", "zs_p"), kl.get("reduction",
+                                                                                           "sum_over_bc"))
+
+    # ------------------------------------------------------------------------------------------------ prompts
+    def init(self, rng: Array, clip_params: Any) -> P.Tree:
+        k_ctx, k_txt, k_vis, k_deep = jax.random.split(rng, 4)
+        tree: P.Tree = {}
+        cfg = self.backbone.cfg
+        if self.text_depth:
+            ctx, _ = P.init_text_context(self.backbone, clip_params, self.tokenizer, self.config.prompts.text.init,
+                                         self.text_n_ctx, k_ctx)
+            tree["text"] = {"ctx": ctx}
+            for i, p in enumerate(P.normal_prompts(k_txt, self.text_depth - 1, self.text_n_ctx, cfg.text_width), 1):
+                tree["text"][f"deep_{i}"] = p
+        if self.vision_depth:
+            std = self.config.prompts.vision.get("init_std", 0.02)
+            shallow = P.normal_prompts(k_vis, 1, self.vision_n_ctx, cfg.vision_width, std)[0]
+            tree["vision"] = {"shallow": shallow}
+            deep = P.normal_prompts(k_deep, self.vision_depth - 1, self.vision_n_ctx, cfg.vision_width, std)
+            for i, p in enumerate(deep, 1):
+                tree["vision"][f"deep_{i}"] = p
+        return tree
+
+    # ---------------------------------------------------------------------------------------------- class texts
+    def class_texts(self, clip_params: Any, classnames: list[str]) -> P.ClassTexts:
+        """Tokenized `"{prefix} {class}."` embeddings, built once per class set on the host."""
+        return P.build_class_texts(self.backbone, clip_params, self.tokenizer, classnames, self.prefix)
+
+    def eval_text_features(self, prompts: P.Tree, clip_params: Any, classnames: list[str],
+                           dataset_template: str) -> Array:
+        """(C, P) class text features for evaluation, computed once per class set."""
+        return jax.jit(self.text_features)(prompts, clip_params, self.class_texts(clip_params, classnames))
+
+    # ------------------------------------------------------------------------------------------------ features
+    def text_features(self, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts,
+                      present: tuple[str, ...] = MODALITIES) -> Array:
+        if "text" not in present or "text" not in prompts:
+            return self.backbone.text(clip_params, texts.embeds, texts.eot_idx)
+        tp = prompts["text"]
+        embeds = P.with_context(texts.embeds, tp["ctx"])
+        return self.backbone.text(clip_params, embeds, texts.eot_idx, P.deep_leaves(tp, self.text_depth))
+
+    def image_features(self, prompts: P.Tree, clip_params: Any, images: Array,
+                       present: tuple[str, ...] = MODALITIES) -> Array:
+        if not self.uses_vision_prompts(prompts, present):
+            return self.backbone.image(clip_params, images)
+        vp = prompts["vision"]
+        return self.backbone.image(clip_params, images, vp["shallow"], P.deep_leaves(vp, self.vision_depth))
+
+    def uses_vision_prompts(self, prompts: P.Tree, present: tuple[str, ...]) -> bool:
+        return "vision" in present and "vision" in prompts
+
+    def features(self, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts, images: Array,
+                 present: tuple[str, ...] = MODALITIES, text_cache: Array | None = None) -> tuple[Array, Array]:
+        """(image features (B, P), text features (C, P) or (B, C, P)); `text_cache` skips the text tower."""
+        img = self.image_features(prompts, clip_params, images, present)
+        txt = text_cache if text_cache is not None else self.text_features(prompts, clip_params, texts, present)
+        return img, txt
+
+    # ------------------------------------------------------------------------------------------------- phases
+    def phases(self) -> list[Phase]:
+        """One phase training every prompt leaf with the configured loss weights."""
+        c = self.config
+        return [Phase("train", (".*",), c.optim.epochs, c.optim.lr, MODALITIES,
+                      tuple(sorted(c.get("loss_weights", {"ce": 1.0}).items())), self.gpa())]
+
+    def gpa(self) -> tuple[float, float] | None:
+        g = self.config.get("gpa")
+        return (g.mean, g.std) if g is not None and g.get("enabled", False) else None
+
+
+def loss_weights(weights: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((k, float(v)) for k, v in weights.items() if v))

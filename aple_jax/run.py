@@ -1,0 +1,209 @@
+"""One run = method x dataset x seed x setting: data, frozen CLIP, phased training, evaluation, results.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from aple_jax import checkpoint, evaluate, sharding, train
+from aple_jax.clip.backbone import load_backbone
+from aple_jax.data import DatasetSplits, build_dataset
+from aple_jax.data.pipeline import eval_loader, train_loader
+from aple_jax.data.templates import IMAGENET_TEMPLATES
+from aple_jax.methods import build_method
+from aple_jax.methods.base import Method
+from aple_jax.methods.zeroshot import template_text_features
+from aple_jax.metrics import MetricWriter
+
+# Keys that change how a run executes but not what it computes: they may differ when a run resumes.
+OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "eval_every_epoch", "distributed",
+                    "checkpoint_every_steps", "eval_only_from")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    name: str
+    splits: DatasetSplits
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """The training split (None for eval-only methods) and the named evaluation sets of a run."""
+    train: DatasetSplits | None
+    evals: list[EvalSet]
+
+
+def hm(base: float, new: float) -> float:
+    return 2 * base * new / (base + new) if base + new else 0.0
+
+
+def build_setting(config: ml_collections.ConfigDict) -> Setting:
+    """base2new: train on base, test base and new; all: all classes; transfer: train on one, test on others."""
+    d = config.dataset
+    common = dict(seed=config.seed, strict_shots=d.strict_shots, **d.synthetic.to_dict())
+    if config.setting == "base2new":
+        base = build_dataset(d.name, d.root, shots=d.shots, subsample="base", **common)
+        new = build_dataset(d.name, d.root, shots=d.shots, subsample="new", **common)
+        return Setting(base, [EvalSet("base", base), EvalSet("new", new)])
+    if config.setting == "all":
+        data = build_dataset(d.name, d.root, shots=d.shots, subsample="all", **common)
+        return Setting(data, [EvalSet("all", data)])
+    if config.setting == "transfer":
+        source = build_dataset(d.name, d.root, shots=d.shots, subsample="all", **common)
+        targets = [EvalSet(t, source if t == d.name else build_dataset(t, d.root, shots=0, subsample="all",
+                                                                       **common))
+                   for t in (d.eval_datasets or (d.name,))]
+        return Setting(source, targets)
+    raise ValueError(f"setting={config.setting!r}; expected 'base2new', 'all' or 'transfer'")
+
+
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes config.json, or refuses to resume a run directory made by another config."""
+    path = os.path.join(workdir, "config.json")
+    current = _comparable(config.to_dict())
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = _comparable(json.load(f))
+        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        if diff:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:10])
+            raise ValueError(f"run directory {workdir} was made by another config ({details}); use a new --workdir "
+                             f"or the same config to resume")
+        return
+    with open(path, "w") as f:
+        json.dump(json.loads(config.to_json()), f, indent=2)
+
+
+def _comparable(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if any(path == k or path.startswith(k + ".") for k in OPERATIONAL_KEYS):
+            continue
+        if isinstance(value, dict):
+            flat.update(_comparable(value, path + "."))
+        else:
+            flat[path] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def teacher_text_features(method: Method, config: ml_collections.ConfigDict, clip_params: Any,
+                          splits: DatasetSplits) -> Any:
+    """The frozen zero-shot text features that teach KL/L1/cosine terms, computed once per dataset."""
+    options = {"dataset": [splits.template], "photo": ["a photo of a {}."], "ensemble": list(IMAGENET_TEMPLATES)}
+    if config.teacher.templates not in options:
+        raise ValueError(f"teacher.templates={config.teacher.templates!r}; expected one of {sorted(options)}")
+    return template_text_features(method.backbone, clip_params, method.tokenizer, list(splits.classnames),
+                                  options[config.teacher.templates], config.teacher.ensemble)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]:
+    """Trains (resuming if the run directory has checkpoints) and evaluates; returns and writes results.json."""
+    os.makedirs(workdir, exist_ok=True)
+    results_path = os.path.join(workdir, "results.json")
+    check_workdir_config(workdir, config)
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            return json.load(f)
+    dist = config.distributed
+    sharding.maybe_initialize_distributed(dist.coordinator or None, dist.num_processes or None,
+                                          dist.process_id if dist.process_id >= 0 else None)
+    mesh = sharding.make_mesh()
+    t0 = time.time()
+    backbone, clip_params, tokenizer = load_backbone(config.backbone.name, config.backbone.weights,
+                                                     config.backbone.tokenizer, config.backbone.dtype,
+                                                     config.backbone.remat)
+    clip_params = sharding.replicate(clip_params, mesh)
+    method = build_method(config, backbone, tokenizer)
+    setting = build_setting(config)
+    prompts = method.init(jax.random.key(config.seed), clip_params)
+    phases = method.phases()
+    image_size = backbone.cfg.image_resolution
+    history: list[dict[str, Any]] = []
+    compilations: dict[str, int] = {}
+
+    def evaluate_all(p: Any) -> dict[str, Any]:
+        out = {}
+        for ev in setting.evals:
+            batches = eval_loader(ev.splits.test, global_batch_size=config.eval_batch_size, image_size=image_size,
+                                  mesh=mesh, num_workers=config.dataset.num_workers)
+            out[ev.name] = evaluate.evaluate_batches(method, p, clip_params, list(ev.splits.classnames),
+                                                     ev.splits.template, batches).to_json()
+        return out
+
+    if config.eval_only_from:
+        prompts = load_trained_prompts(config.eval_only_from, method, phases, prompts)
+    elif phases:
+        prompts = _train(config, workdir, method, phases, prompts, clip_params, setting, mesh, image_size,
+                         stop_at_step, evaluate_all, history, compilations)
+    evals = evaluate_all(prompts)
+    results = _results(config, method, setting, evals, history, compilations, time.time() - t0)
+    if jax.process_index() == 0:
+        with open(results_path, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def _train(config, workdir, method, phases, prompts, clip_params, setting, mesh, image_size, stop_at_step,
+           evaluate_all, history, compilations):
+    train_split = setting.train
+    texts = method.class_texts(clip_params, list(train_split.classnames))
+    needs_teacher = any(train.plan_phase(method, ph, prompts).needs_teacher_text for ph in phases)
+    teacher = teacher_text_features(method, config, clip_params, train_split) if needs_teacher else None
+
+    def make_loader(phase_index: int):
+        return train_loader(train_split.train, global_batch_size=config.batch_size, image_size=image_size,
+                            seed=config.seed * 1000 + phase_index, mesh=mesh,
+                            num_workers=config.dataset.num_workers)
+
+    per_epoch = train.steps_per_epoch(len(train_split.train), config.batch_size)
+    writer = MetricWriter(workdir, sum(p.epochs for p in phases) * per_epoch, progress=config.progress)
+
+    def on_epoch_end(phase: str, epoch: int, p: Any, step: int) -> None:
+        if config.eval_every_epoch:
+            accs = {k: v["accuracy"] for k, v in evaluate_all(p).items()}
+            history.append({"phase": phase, "epoch": epoch, "step": step, **accs})
+            writer.write(step, {"phase": "eval", **{f"{k}_accuracy": v for k, v in accs.items()}})
+
+    with checkpoint.RunCheckpoints(workdir) as ckpt:
+        ctx = train.FitContext(clip_params, texts, teacher, make_loader, config.optim, ckpt, writer,
+                               config.log_every, config.checkpoint_every_steps, on_epoch_end, stop_at_step,
+                               compilations)
+        try:
+            return train.fit(method, phases, prompts, ctx)
+        finally:
+            writer.close()
+
+
+def load_trained_prompts(run_dir: str, method: Method, phases: list, prompts_like: Any) -> Any:
+    """The final prompts of a finished run directory (eval-only mode)."""
+    with checkpoint.RunCheckpoints(run_dir) as ckpt:
+        step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"eval_only_from={run_dir!r} holds no checkpoint under {ckpt.directory}")
+        meta = ckpt.restore_meta(step)
+        phase = phases[meta["phase"]]
+        plan = train.plan_phase(method, phase, prompts_like)
+        tx = train.make_optimizer(phase, plan.selection.labels(prompts_like), 1, method.config.optim)
+        state = ckpt.restore_state(step, train.init_state(prompts_like, tx, phase.gpa is not None))
+        return train.final_prompts(phase, state) if meta["epoch"] >= phase.epochs else state.prompts
+
+
+def _results(config, method, setting, evals, history, compilations, seconds) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "method": config.method, "dataset": setting.train.name if setting.train else config.dataset.name,
+        "setting": config.setting, "seed": config.seed, "shots": config.dataset.shots,
+        "backbone": config.backbone.name, "evals": evals,
+        "accuracy": {k: v["accuracy"] for k, v in evals.items()},
+        "history": history, "compilations": compilations, "seconds": round(seconds, 1),
+        "num_devices": jax.device_count(),
+    }
+    if "base" in evals and "new" in evals:
+        out["hm"] = hm(evals["base"]["accuracy"], evals["new"]["accuracy"])
+    return out

@@ -1,0 +1,298 @@
+"""Phased training: per phase an optax.partition mask from the phase's selection and one jit-compiled step that
+differentiates only the selected prompt leaves; per-phase constants (cached class text features, zero-shot teacher
+features) are computed once and passed in."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+
+from aple_jax import losses as L
+from aple_jax import prompts as P
+from aple_jax.adapter import apply_adapter
+from aple_jax.methods.base import Method, Phase
+
+Array = jax.Array
+
+
+# ------------------------------------------------------------------------------------------- optimizer, schedule
+
+def epoch_schedule(base_lr: float, epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> optax.Schedule:
+    """Dassl's per-epoch cosine after `warmup_epochs` constant epochs at `warmup_lr`, as a function of the epoch."""
+    cosine = optax.cosine_decay_schedule(base_lr, decay_steps=epochs)
+    if not warmup_epochs:
+        return cosine
+    return optax.join_schedules([optax.constant_schedule(warmup_lr), cosine], boundaries=[warmup_epochs])
+
+
+def make_optimizer(phase: Phase, labels: P.Tree, steps_per_epoch: int,
+                   optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """SGD with momentum and PyTorch-style weight decay on the phase's leaves; the rest get no update and no state."""
+    by_epoch = epoch_schedule(phase.lr, phase.epochs, optim.warmup_epochs, optim.warmup_lr)
+    lr = lambda count: by_epoch(count // steps_per_epoch)
+    sgd = optax.chain(optax.add_decayed_weights(optim.weight_decay), optax.sgd(lr, momentum=optim.momentum))
+    return optax.partition({"train": sgd, "freeze": optax.set_to_zero()}, labels)
+
+
+# ------------------------------------------------------------------------------------------------------ state
+
+@struct.dataclass
+class TrainState:
+    prompts: P.Tree
+    opt_state: Any
+    gpa_sum: P.Tree | None   # running Gaussian-weighted sum of per-epoch prompts (PromptSRC), else None
+    finite: Array            # False once any loss was NaN or infinite
+
+
+def init_state(prompts: P.Tree, tx: optax.GradientTransformation, with_gpa: bool) -> TrainState:
+    gpa_sum = jax.tree.map(jnp.zeros_like, prompts) if with_gpa else None
+    return TrainState(prompts, tx.init(prompts), gpa_sum, jnp.asarray(True))
+
+
+def gpa_weights(epochs: int, mean: float, std: float) -> np.ndarray:
+    """Gaussian weights over epochs 1..E, normalised to sum to 1."""
+    e = np.arange(1, epochs + 1, dtype=np.float64)
+    w = np.exp(-0.5 * ((e - mean) / std) ** 2)
+    return (w / w.sum()).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ phase plan
+
+@dataclasses.dataclass(frozen=True)
+class PhasePlan:
+    """What a phase's step needs to know beyond the method: its selection and which constants it uses."""
+    phase: Phase
+    selection: P.Selection
+    cache_text: bool        # no text-side leaf trains: class text features are a constant of the phase
+    needs_teacher_text: bool
+    needs_teacher_image: bool
+
+
+TEXT_SIDE = ("text/", "meta_net/")   # leaves whose values change class text features
+
+
+def plan_phase(method: Method, phase: Phase, prompts: P.Tree) -> PhasePlan:
+    selection = P.select(prompts, phase.train)
+    w = phase.weights
+    trains_text = any(leaf.startswith(TEXT_SIDE) for leaf in selection.leaves)
+    return PhasePlan(
+        phase=phase, selection=selection,
+        cache_text=not trains_text and not method.per_image_text,
+        needs_teacher_text=any(w.get(k) for k in ("kl", "l1_text", "text_cos")),
+        needs_teacher_image=any(w.get(k) for k in ("kl", "l1_image")),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- step
+
+def make_loss_fn(method: Method, plan: PhasePlan) -> Callable:
+    """loss(selected leaves, other leaves, clip params, constants, batch) -> (total, per-term metrics)."""
+    present, weights = plan.phase.present, plan.phase.weights
+    backbone = method.backbone
+
+    def loss_fn(trained, frozen, clip_params, consts, batch):
+        prompts = P.merge(frozen, trained)
+        images = batch["image"]
+        student_in = apply_adapter(images, method.adapter) if method.adapter_train else images
+        teacher_in = student_in if method.teacher_sees_adapter else images
+        img, txt = method.features(prompts, clip_params, consts["texts"], student_in, present,
+                                   consts.get("text_cache"))
+        scale = backbone.logit_scale(clip_params)
+        logits = L.cosine_logits(scale, img, txt)
+        terms = {"ce": L.cross_entropy(logits, batch["label"])}
+        if plan.needs_teacher_image:
+            plain_student = not method.uses_vision_prompts(prompts, present) and teacher_in is student_in
+            zs_img = jax.lax.stop_gradient(img) if plain_student else backbone.image(clip_params, teacher_in)
+        if "kl" in weights:
+            zs_logits = L.cosine_logits(scale, zs_img, consts["teacher_text"])
+            terms["kl"] = L.kl_to_zero_shot(logits, zs_logits, method.kl)
+        if "l1_text" in weights:
+            terms["l1_text"] = L.l1_to_frozen(txt, consts["teacher_text"])
+        if "l1_image" in weights:
+            terms["l1_image"] = L.l1_to_frozen(img, zs_img)
+        if "text_cos" in weights:
+            terms["text_cos"] = L.text_cosine(txt, consts["teacher_text"])
+        total = sum(weights[k] * v for k, v in terms.items() if k in weights)
+        accuracy = (jnp.argmax(logits, -1) == batch["label"]).mean()
+        return total, {"loss": total, "accuracy": accuracy, **terms}
+
+    return loss_fn
+
+
+def make_train_step(method: Method, plan: PhasePlan, tx: optax.GradientTransformation) -> Callable:
+    """The phase's jit-compiled step `(state, clip_params, consts, batch) -> (state, metrics)`; state is donated."""
+    loss_fn = make_loss_fn(method, plan)
+    leaves, row_masks = plan.selection.leaves, plan.selection.row_masks
+
+    def step(state: TrainState, clip_params, consts, batch):
+        trained, frozen = P.split(state.prompts, leaves)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(trained, frozen, clip_params, consts, batch)
+        full_grads = P.merge({p: jnp.zeros_like(v) for p, v in frozen.items()}, grads)
+        updates, opt_state = tx.update(full_grads, state.opt_state, state.prompts)
+        flat_updates = P.flatten(updates)
+        new_trained = {}
+        for path, value in trained.items():
+            update = flat_updates[path]
+            if path in row_masks:   # token-wise selection: only the selected rows move
+                update = update * row_masks[path].reshape((-1,) + (1,) * (update.ndim - 1))
+            new_trained[path] = value + update
+        finite = state.finite & jnp.isfinite(metrics["loss"])
+        new_state = state.replace(prompts=P.merge(frozen, new_trained), opt_state=opt_state, finite=finite)
+        return new_state, metrics
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def accumulate_gpa(state: TrainState, weight: float) -> TrainState:
+    """Adds `weight * prompts` to the Gaussian prompt aggregate (trainable leaves only: CLIP is never in here)."""
+    gpa_sum = jax.tree.map(lambda s, p: s + weight * p, state.gpa_sum, state.prompts)
+    return state.replace(gpa_sum=gpa_sum)
+
+
+# -------------------------------------------------------------------------------------------- phase constants
+
+def phase_constants(method: Method, plan: PhasePlan, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts,
+                    teacher_text: Array | None) -> dict[str, Any]:
+    """Constants computed once per phase: cached class text features, the zero-shot teacher's text features."""
+    consts: dict[str, Any] = {"texts": texts}
+    if plan.cache_text:
+        consts["text_cache"] = jax.jit(method.text_features, static_argnums=(3,))(
+            prompts, clip_params, texts, plan.phase.present)
+    if plan.needs_teacher_text:
+        if teacher_text is None:
+            raise ValueError(f"phase {plan.phase.name!r} needs zero-shot teacher text features")
+        consts["teacher_text"] = teacher_text
+    return consts
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Drop-last batches per epoch (at least one when there are fewer examples than a batch, as Dassl does)."""
+    return max(1, num_examples // batch_size) if num_examples else 0
+
+
+def check_finite(state: TrainState, phase: Phase, epoch: int, step: int) -> None:
+    if not bool(jax.device_get(state.finite)):
+        raise FloatingPointError(
+            f"the loss became NaN or infinite in phase {phase.name!r} (epoch {epoch + 1}, step {step}); training "
+            f"stopped and the last good checkpoint is kept. Lower the learning rate or check the inputs.")
+
+
+def total_steps(phases: list[Phase], per_epoch: int) -> int:
+    return sum(p.epochs for p in phases) * per_epoch
+
+
+def cosine_lr_table(phase: Phase, optim: ml_collections.ConfigDict) -> list[float]:
+    """The learning rate of each epoch of a phase (for logs and tests)."""
+    f = epoch_schedule(phase.lr, phase.epochs, optim.warmup_epochs, optim.warmup_lr)
+    return [float(f(e)) for e in range(phase.epochs)]
+
+
+def as_floats(metrics: Mapping[str, Array]) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+# ------------------------------------------------------------------------------------------------------- loop
+
+@dataclasses.dataclass
+class FitContext:
+    """Everything the loop needs besides the method: frozen inputs, data, checkpoints, logs and hooks."""
+    clip_params: Any
+    texts: P.ClassTexts
+    teacher_text: Array | None
+    make_loader: Callable[[int], Any]          # phase index -> train iterator (with steps_per_epoch, get/set_state)
+    optim: ml_collections.ConfigDict
+    checkpoints: Any                           # RunCheckpoints
+    writer: Any                                # metrics writer with .write(step, dict) and a progress bar
+    log_every: int = 10
+    checkpoint_every_steps: int = 0            # 0: at epoch and phase ends only
+    on_epoch_end: Callable[[str, int, P.Tree, int], None] | None = None
+    stop_at_step: int | None = None            # simulate a preemption (tests)
+    compilations: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class Preempted(RuntimeError):
+    """Raised when `stop_at_step` is reached; the run resumes from its last checkpoint."""
+
+
+def fit(method: Method, phases: list[Phase], prompts: P.Tree, ctx: FitContext) -> P.Tree:
+    """Trains the phases in order, resuming from the latest checkpoint; returns the final prompts."""
+    resume = None
+    latest = ctx.checkpoints.latest_step()
+    if latest is not None:
+        resume = ctx.checkpoints.restore_meta(latest)
+        like = _phase_setup(method, phases[resume["phase"]], prompts, ctx, 1)[1]
+        resume["state"] = ctx.checkpoints.restore_state(latest, like)
+        prompts = resume["state"].prompts
+    global_step = resume["global_step"] if resume else 0
+    for index in range(resume["phase"] if resume else 0, len(phases)):
+        phase = phases[index]
+        if resume is not None and resume["epoch"] >= phase.epochs:
+            prompts, resume = final_prompts(phase, resume["state"]), None
+            continue
+        prompts, global_step = _fit_phase(method, index, phase, prompts, ctx, global_step, resume)
+        resume = None
+    return prompts
+
+
+def _phase_setup(method: Method, phase: Phase, prompts: P.Tree, ctx: FitContext, per_epoch: int):
+    plan = plan_phase(method, phase, prompts)
+    tx = make_optimizer(phase, plan.selection.labels(prompts), per_epoch, ctx.optim)
+    return plan, init_state(prompts, tx, phase.gpa is not None), tx
+
+
+def final_prompts(phase: Phase, state: TrainState) -> P.Tree:
+    """The phase's final prompts: the Gaussian aggregate over epochs when the phase uses GPA."""
+    return state.gpa_sum if phase.gpa is not None else state.prompts
+
+
+def _fit_phase(method: Method, index: int, phase: Phase, prompts: P.Tree, ctx: FitContext, global_step: int,
+               resume: dict[str, Any] | None) -> tuple[P.Tree, int]:
+    """Trains one phase from its start, or from where `resume` (a checkpoint's meta and state) left it."""
+    loader = ctx.make_loader(index)
+    per_epoch = loader.steps_per_epoch
+    plan, state, tx = _phase_setup(method, phase, prompts, ctx, per_epoch)
+    start_epoch, skip_steps = 0, 0
+    if resume is not None:
+        state, start_epoch, skip_steps = resume["state"], resume["epoch"], resume["epoch_step"]
+        loader.set_state(resume["data_state"])
+    consts = phase_constants(method, plan, state.prompts, ctx.clip_params, ctx.texts, ctx.teacher_text)
+    step_fn = make_train_step(method, plan, tx)
+    weights = gpa_weights(phase.epochs, *phase.gpa) if phase.gpa is not None else None
+    ctx.writer.start_phase(phase.name, index, global_step)
+    metrics = None
+    for epoch in range(start_epoch, phase.epochs):
+        for epoch_step in range(skip_steps if epoch == start_epoch else 0, per_epoch):
+            state, metrics = step_fn(state, ctx.clip_params, consts, next(loader))
+            global_step += 1
+            if global_step % ctx.log_every == 0:
+                check_finite(state, phase, epoch, global_step)
+                ctx.writer.write(global_step, {"phase": phase.name, "epoch": epoch + 1, **as_floats(metrics)})
+            ctx.writer.advance(global_step)
+            mid_epoch = epoch_step + 1 < per_epoch
+            if ctx.checkpoint_every_steps and mid_epoch and global_step % ctx.checkpoint_every_steps == 0:
+                check_finite(state, phase, epoch, global_step)
+                _save(ctx, global_step, state, loader, phase=index, epoch=epoch, epoch_step=epoch_step + 1)
+            if ctx.stop_at_step is not None and global_step >= ctx.stop_at_step:
+                raise Preempted(f"stopped at step {global_step} as asked")
+        check_finite(state, phase, epoch, global_step)
+        if weights is not None:
+            state = accumulate_gpa(state, float(weights[epoch]))
+        _save(ctx, global_step, state, loader, phase=index, epoch=epoch + 1, epoch_step=0)
+        if metrics is not None:
+            ctx.writer.write(global_step, {"phase": phase.name, "epoch": epoch + 1, **as_floats(metrics)})
+        if ctx.on_epoch_end is not None:
+            ctx.on_epoch_end(phase.name, epoch + 1, state.prompts, global_step)
+    ctx.compilations[phase.name] = step_fn._cache_size()
+    return final_prompts(phase, state), global_step
+
+
+def _save(ctx: FitContext, global_step: int, state: TrainState, loader: Any, **where: int) -> None:
+    """Saves the state with where the run stands: phase, epochs done, steps done in the current epoch."""
+    meta = {**where, "global_step": global_step, "data_state": loader.get_state()}
+    ctx.checkpoints.save(global_step, state, meta)

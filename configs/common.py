@@ -1,0 +1,111 @@
+"""Shared config pieces and big_vision-style argument parsing: `configs/aple.py:dataset=OxfordPets,seed=2`."""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+SETTINGS = ("base2new", "all", "transfer")
+IMAGENET_VARIANTS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
+CROSS_DATASET_TARGETS = ("Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
+                         "SUN397", "DTD", "EuroSAT", "UCF101")
+
+# Arguments every config accepts after the colon; each maps to a config field.
+COMMON_ARGS = dict(dataset="", seed=0, shots=-1, backbone="", weights="", tokenizer="", data="", setting="",
+                   demo=False, xd=False, dg=False, fewshot=False)
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
+    """`"a=1,b=x,flag"` -> typed fields from `spec`'s defaults; a bare key sets a bool to True; unknown keys raise."""
+    out = dict(spec)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in spec:
+            raise ValueError(f"unknown config argument {key!r} in {arg!r}; expected some of {sorted(spec)}")
+        default = spec[key]
+        if isinstance(default, bool):
+            if value and value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config argument {key}={value!r} must be a boolean")
+            out[key] = not value or value.lower() in ("true", "1")
+        else:
+            out[key] = type(default)(value)
+    return ml_collections.ConfigDict(out)
+
+
+def base_config(method: str) -> ml_collections.ConfigDict:
+    """Fields shared by every method, at the field's ViT-B/16 base-to-novel defaults."""
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.seed = 1
+    c.setting = "base2new"
+    c.dataset = ml_collections.ConfigDict(dict(
+        name="ImageNet", root="", shots=16, strict_shots=False, num_workers=4, eval_datasets=(),
+        synthetic=dict(num_classes=10, train_per_class=16, test_per_class=8, image_size=32)))
+    c.backbone = ml_collections.ConfigDict(dict(name="ViT-B/16", weights="", tokenizer="", dtype="float32",
+                                                remat=False))
+    c.prompts = ml_collections.ConfigDict(dict(text=dict(n_ctx=4, depth=9, init="a photo of a"),
+                                               vision=dict(n_ctx=4, depth=9, init_std=0.02)))
+    c.adapter = ml_collections.ConfigDict(dict(enabled=False, sigma=0.05, alpha=0.9, freq_units="normalized",
+                                               kernel_norm="peak", apply_train=True, apply_test=True,
+                                               teacher_input="fused"))
+    c.optim = ml_collections.ConfigDict(dict(lr=0.0025, epochs=20, momentum=0.9, weight_decay=5e-4,
+                                             warmup_epochs=1, warmup_lr=1e-5))
+    c.loss_weights = ml_collections.ConfigDict(dict(ce=1.0))
+    c.kl = ml_collections.ConfigDict(dict(temperature=1.0, direction="zs_p", reduction="sum_over_bc"))
+    c.teacher = ml_collections.ConfigDict(dict(templates="dataset", ensemble="raw_mean"))
+    c.gpa = ml_collections.ConfigDict(dict(enabled=False, mean=15.0, std=1.0))
+    c.zeroshot = ml_collections.ConfigDict(dict(templates="dataset"))
+    c.batch_size = 4
+    c.eval_batch_size = 100
+    c.log_every = 10
+    c.checkpoint_every_steps = 0
+    c.eval_every_epoch = False
+    c.eval_only_from = ""
+    c.progress = True
+    c.distributed = ml_collections.ConfigDict(dict(coordinator="", num_processes=0, process_id=-1))
+    return c
+
+
+def apply_args(c: ml_collections.ConfigDict, arg: str | None, **extra: Any) -> ml_collections.ConfigDict:
+    """Applies the common `:key=value` arguments (and the demo preset) to a config."""
+    a = parse_arg(arg, **COMMON_ARGS, **extra)
+    if a.demo:
+        apply_demo(c)
+    if a.xd or a.dg:
+        c.setting, c.dataset.name = "transfer", "ImageNet"
+        c.dataset.eval_datasets = ("ImageNet",) + (IMAGENET_VARIANTS if a.dg else CROSS_DATASET_TARGETS)
+    if a.fewshot:
+        c.setting = "all"
+    for key, field in (("dataset", "dataset.name"), ("data", "dataset.root"), ("backbone", "backbone.name"),
+                       ("weights", "backbone.weights"), ("tokenizer", "backbone.tokenizer"), ("setting", "setting")):
+        if a[key]:
+            _set(c, field, a[key])
+    if a.seed:
+        c.seed = a.seed
+    if a.shots >= 0:
+        c.dataset.shots = a.shots
+    return c
+
+
+def apply_demo(c: ml_collections.ConfigDict) -> None:
+    """The built-in default: a tiny random CLIP on the synthetic dataset, runs in about a minute on a laptop CPU."""
+    c.backbone.name = "tiny"
+    c.dataset.name = "synthetic"
+    c.dataset.shots = 16
+    c.dataset.num_workers = 0
+    c.batch_size = 16
+    c.eval_batch_size = 64
+    c.prompts.text.depth = min(c.prompts.text.depth, 2)
+    c.prompts.vision.depth = min(c.prompts.vision.depth, 2)
+    c.optim.lr = 0.05
+    c.optim.epochs = 4
+    c.optim.warmup_epochs = 0
+    c.log_every = 5
+
+
+def _set(c: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        c = c[p]
+    c[last] = value

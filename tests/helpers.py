@@ -1,0 +1,28 @@
+"""Small builders shared by the tests: tiny configs, random batches."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import aple as aple_config
+from configs import common
+
+
+def tiny_config(method: str = "aple", arg: str = "demo", **overrides):
+    """A demo config of `method` (tiny random CLIP, synthetic data), with dotted-key overrides."""
+    if method == "aple":
+        c = aple_config.get_config(arg)
+    else:
+        import importlib
+        c = importlib.import_module(f"configs.{method}").get_config(arg)
+    c.progress = False
+    for dotted, value in overrides.items():
+        common._set(c, dotted.replace("__", "."), value)
+    return c
+
+
+def random_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(seed)
+    return {"image": jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
+            "label": jnp.asarray(rng.integers(0, num_classes, size=batch), jnp.int32)}
