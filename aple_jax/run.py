@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from aple_jax import checkpoint, evaluate, sharding, train
+from aple_jax import prompts as P
 from aple_jax.clip.backbone import load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
@@ -142,6 +143,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     elif phases:
         prompts = _train(config, workdir, method, phases, prompts, clip_params, setting, mesh, image_size,
                          stop_at_step, evaluate_all, history, compilations)
+    if jax.process_index() == 0 and phases:
+        save_prompts(os.path.join(workdir, "prompts.npz"), prompts)
     evals = evaluate_all(prompts)
     results = _results(config, method, setting, evals, history, compilations, time.time() - t0)
     if jax.process_index() == 0:
@@ -172,7 +175,7 @@ def _train(config, workdir, method, phases, prompts, clip_params, setting, mesh,
             writer.write(step, {"phase": "eval", **{f"{k}_accuracy": v for k, v in accs.items()}})
 
     with checkpoint.RunCheckpoints(workdir) as ckpt:
-        ctx = train.FitContext(clip_params, texts, teacher, make_loader, config.optim, ckpt, writer,
+        ctx = train.FitContext(mesh, clip_params, texts, teacher, make_loader, config.optim, ckpt, writer,
                                config.log_every, config.checkpoint_every_steps, on_epoch_end, stop_at_step,
                                compilations)
         try:
@@ -181,8 +184,29 @@ def _train(config, workdir, method, phases, prompts, clip_params, setting, mesh,
             writer.close()
 
 
+def save_prompts(path: str, prompts: Any) -> None:
+    """The trained prompt tree as a flat `.npz` (paths like `text/ctx`), small and framework-free."""
+    np.savez(path, **{k: np.asarray(v) for k, v in P.flatten(jax.device_get(prompts)).items()})
+
+
+def read_prompts(path: str, prompts_like: Any) -> Any:
+    """Prompts from a `.npz` written by save_prompts; leaves must match the method's prompt tree exactly."""
+    with np.load(path) as f:
+        loaded = {k: f[k] for k in f.files}
+    expected = {k: v.shape for k, v in P.flatten(prompts_like).items()}
+    got = {k: v.shape for k, v in loaded.items()}
+    if got != expected:
+        raise ValueError(f"prompts in {path} do not fit this method and backbone: expected leaves {expected}, "
+                         f"found {got}")
+    return P.unflatten({k: jax.numpy.asarray(v) for k, v in loaded.items()})
+
+
 def load_trained_prompts(run_dir: str, method: Method, phases: list, prompts_like: Any) -> Any:
-    """The final prompts of a finished run directory (eval-only mode)."""
+    """The final prompts of a run directory or a prompts .npz file (eval-only mode)."""
+    if run_dir.endswith(".npz"):
+        return read_prompts(run_dir, prompts_like)
+    if os.path.exists(os.path.join(run_dir, "prompts.npz")):
+        return read_prompts(os.path.join(run_dir, "prompts.npz"), prompts_like)
     with checkpoint.RunCheckpoints(run_dir) as ckpt:
         step = ckpt.latest_step()
         if step is None:

@@ -15,6 +15,7 @@ from flax import struct
 
 from aple_jax import losses as L
 from aple_jax import prompts as P
+from aple_jax import sharding
 from aple_jax.adapter import apply_adapter
 from aple_jax.methods.base import Method, Phase
 
@@ -202,6 +203,7 @@ def as_floats(metrics: Mapping[str, Array]) -> dict[str, float]:
 @dataclasses.dataclass
 class FitContext:
     """Everything the loop needs besides the method: frozen inputs, data, checkpoints, logs and hooks."""
+    mesh: Any                                  # state and constants are replicated over it
     clip_params: Any
     texts: P.ClassTexts
     teacher_text: Array | None
@@ -261,7 +263,10 @@ def _fit_phase(method: Method, index: int, phase: Phase, prompts: P.Tree, ctx: F
     if resume is not None:
         state, start_epoch, skip_steps = resume["state"], resume["epoch"], resume["epoch_step"]
         loader.set_state(resume["data_state"])
-    consts = phase_constants(method, plan, state.prompts, ctx.clip_params, ctx.texts, ctx.teacher_text)
+    # Replicated placement from the start, so the step sees the same input shardings on every call.
+    state = sharding.replicate(state, ctx.mesh)
+    consts = sharding.replicate(
+        phase_constants(method, plan, state.prompts, ctx.clip_params, ctx.texts, ctx.teacher_text), ctx.mesh)
     step_fn = make_train_step(method, plan, tx)
     weights = gpa_weights(phase.epochs, *phase.gpa) if phase.gpa is not None else None
     ctx.writer.start_phase(phase.name, index, global_step)

@@ -7,11 +7,18 @@ from aple_jax.clip.backbone import Backbone
 from aple_jax.clip.tokenizer import Tokenizer
 from aple_jax.methods.aple import APLe
 from aple_jax.methods.base import Method, Phase
+from aple_jax.methods.cocoop import CoCoOp
+from aple_jax.methods.maple import MaPLe
 from aple_jax.methods.zeroshot import ZeroShot
 
 METHODS: dict[str, type[Method]] = {
     "zeroshot": ZeroShot,
+    "coop": Method,       # deep-prompt method with text depth 1 and no vision prompts
+    "kgcoop": Method,     # CoOp + the text_cos loss term
+    "cocoop": CoCoOp,
+    "maple": MaPLe,
     "ivlp": Method,
+    "promptsrc": Method,  # IVLP + kl, l1_text, l1_image terms + GPA
     "aple": APLe,
 }
 
