@@ -157,7 +157,8 @@ def _train(config, workdir, method, phases, prompts, clip_params, setting, mesh,
            evaluate_all, history, compilations):
     train_split = setting.train
     texts = method.class_texts(clip_params, list(train_split.classnames))
-    needs_teacher = any(train.plan_phase(method, ph, prompts).needs_teacher_text for ph in phases)
+    plans = [train.plan_phase(method, ph, prompts) for ph in phases]   # checks every phase before any training
+    needs_teacher = any(plan.needs_teacher_text for plan in plans)
     teacher = teacher_text_features(method, config, clip_params, train_split) if needs_teacher else None
 
     def make_loader(phase_index: int):
