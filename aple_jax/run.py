@@ -226,8 +226,9 @@ def _results(config, method, setting, evals, history, compilations, seconds) -> 
         "setting": config.setting, "seed": config.seed, "shots": config.dataset.shots,
         "backbone": config.backbone.name, "evals": evals,
         "accuracy": {k: v["accuracy"] for k, v in evals.items()},
+        "tag": config.tag, "prompt_length": {"text": config.prompts.text.n_ctx, "vision": config.prompts.vision.n_ctx},
         "history": history, "compilations": compilations, "seconds": round(seconds, 1),
-        "num_devices": jax.device_count(),
+        "num_devices": jax.device_count(), "config": json.loads(config.to_json()),
     }
     if "base" in evals and "new" in evals:
         out["hm"] = hm(evals["base"]["accuracy"], evals["new"]["accuracy"])

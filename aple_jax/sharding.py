@@ -17,6 +17,8 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if not coordinator:
         return
+    # Cross-process collectives on CPU hosts go through gloo; GPU and TPU backends ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     num_processes = num_processes or int(os.environ["JAX_NUM_PROCESSES"])
     process_id = process_id if process_id is not None else int(os.environ["JAX_PROCESS_ID"])
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,

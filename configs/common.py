@@ -37,6 +37,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     """Fields shared by every method, at the field's ViT-B/16 base-to-novel defaults."""
     c = ml_collections.ConfigDict()
     c.method = method
+    c.tag = ""          # a free label that report.py uses to tell variants of one method apart
     c.seed = 1
     c.setting = "base2new"
     c.dataset = ml_collections.ConfigDict(dict(
