@@ -1,0 +1,100 @@
+"""Train-step time and memory per method and APLe phase, on ViT-B/16 shapes with random weights.
+
+    python benchmarks/train_step.py                       # all methods, C = 10, 100, 1000 (long on 2 CPU cores)
+    python benchmarks/train_step.py --methods aple,ivlp --classes 10,100 --batch 4
+
+Memory is XLA's own account of the compiled step (arguments + outputs + temporaries - aliased), the peak the
+program needs on any backend; time is the median wall time of jitted steps after a warm-up step.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, ".")
+
+from aple_jax import train  # noqa: E402
+from aple_jax.clip import model as clip_model  # noqa: E402
+from aple_jax.clip.backbone import Backbone  # noqa: E402
+from aple_jax.clip.tokenizer import Tokenizer  # noqa: E402
+from aple_jax.methods import build_method  # noqa: E402
+
+METHODS = ("aple", "ivlp", "coop", "kgcoop", "cocoop", "maple", "promptsrc")
+
+
+def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, phase_index: int):
+    """(jitted step, args) for one phase of one method with `classes` class prompts."""
+    config = importlib.import_module(f"configs.{name}").get_config("")
+    method = build_method(config, backbone, Tokenizer.builtin_tiny())
+    prompts = method.init(jax.random.key(0), params)
+    phase = method.phases()[phase_index]
+    plan = train.plan_phase(method, phase, prompts)
+    tx = train.make_optimizer(phase, plan.selection.labels(prompts), 100, config.optim)
+    texts = method.class_texts(params, [f"class {i}" for i in range(classes)])
+    teacher = method.text_features({}, params, texts, ()) if plan.needs_teacher_text else None
+    consts = train.phase_constants(method, plan, prompts, params, texts, teacher)
+    rng = np.random.default_rng(0)
+    size = backbone.cfg.image_resolution
+    batch_arrays = {"image": jax.numpy.asarray(rng.normal(size=(batch, size, size, 3)), jax.numpy.float32),
+                    "label": jax.numpy.asarray(rng.integers(0, classes, batch), jax.numpy.int32)}
+    state = train.init_state(prompts, tx, phase.gpa is not None)
+    return train.make_train_step(method, plan, tx), (state, params, consts, batch_arrays), phase.name
+
+
+def measure(step, args, repeats: int, budget_s: float) -> dict[str, float]:
+    compiled = step.lower(*args).compile()
+    mem = compiled.memory_analysis()
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes)
+    state, rest = args[0], args[1:]
+    state, _ = step(state, *rest)
+    jax.block_until_ready(state)
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats and (not times or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        state, metrics = step(state, *rest)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    return {"step_s": statistics.median(times), "peak_gb": peak / 1e9, "runs": len(times)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--classes", default="10,100,1000")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--backbone", default="ViT-B/16")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds of timed steps per row at most")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    cfg = clip_model.get_config(args.backbone)
+    backbone = Backbone(clip_model.CLIP(cfg))
+    params = clip_model.init_params(cfg)
+    rows = []
+    print(f"{args.backbone}, batch {args.batch}, {jax.device_count()} {jax.devices()[0].platform} device(s)\n")
+    print("| method | phase | C | step (s) | peak memory (GB) |\n|---|---|---|---|---|")
+    for name in args.methods.split(","):
+        config = importlib.import_module(f"configs.{name}").get_config("")
+        n_phases = len(build_method(config, backbone, Tokenizer.builtin_tiny()).phases())
+        for classes in map(int, args.classes.split(",")):
+            for index in range(n_phases):
+                step, step_args, phase = step_setup(backbone, params, name, classes, args.batch, index)
+                r = measure(step, step_args, args.repeats, args.budget)
+                rows.append({"method": name, "phase": phase, "classes": classes, **r})
+                print(f"| {name} | {phase} | {classes} | {r['step_s']:.3f} | {r['peak_gb']:.2f} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
