@@ -24,7 +24,7 @@ from aple_jax.metrics import MetricWriter
 
 # Keys that change how a run executes but not what it computes: they may differ when a run resumes.
 OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "eval_every_epoch", "distributed",
-                    "checkpoint_every_steps", "eval_only_from")
+                    "checkpoint_every_steps", "eval_only_from", "pack_seeds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,14 +104,55 @@ def teacher_text_features(method: Method, config: ml_collections.ConfigDict, cli
                                   options[config.teacher.templates], config.teacher.ensemble)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None) -> dict[str, Any]:
-    """Trains (resuming if the run directory has checkpoints) and evaluates; returns and writes results.json."""
-    os.makedirs(workdir, exist_ok=True)
-    results_path = os.path.join(workdir, "results.json")
-    check_workdir_config(workdir, config)
-    if os.path.exists(results_path):
-        with open(results_path) as f:
-            return json.load(f)
+def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None) -> Any:
+    """Trains (resuming if the run directory has checkpoints) and evaluates; returns and writes results.json.
+
+    With `config.pack_seeds` ("1,2,3") the seeds train together in one program sharing the frozen CLIP, each
+    in `workdir/seed<s>` exactly as if run alone; the results come back as a list.
+    """
+    if not config.pack_seeds:
+        return run_seeds([(config, workdir)], stop_at_step)[0]
+    seeds = [int(s) for s in str(config.pack_seeds).split(",") if s.strip()]
+    return run_seeds([(seed_config(config, s), os.path.join(workdir, f"seed{s}")) for s in seeds], stop_at_step)
+
+
+def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """The config of one seed of a packed run: the same as a lone run of that seed."""
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+        out.seed, out.pack_seeds = seed, ""
+    return out
+
+
+@dataclasses.dataclass
+class SeedJob:
+    config: ml_collections.ConfigDict
+    workdir: str
+    setting: Setting
+    prompts: Any
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def run_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]], stop_at_step: int | None = None) -> list[Any]:
+    """Runs configs that differ only in their seed (one program for all when training), skipping finished ones."""
+    results: dict[str, Any] = {}
+    pending = []
+    for config, workdir in jobs:
+        os.makedirs(workdir, exist_ok=True)
+        check_workdir_config(workdir, config)
+        path = os.path.join(workdir, "results.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                results[workdir] = json.load(f)
+        else:
+            pending.append((config, workdir))
+    if pending:
+        results.update(_run_pending(pending, stop_at_step))
+    return [results[workdir] for _, workdir in jobs]
+
+
+def _run_pending(pending, stop_at_step) -> dict[str, Any]:
+    config = pending[0][0]
     dist = config.distributed
     sharding.maybe_initialize_distributed(dist.coordinator or None, dist.num_processes or None,
                                           dist.process_id if dist.process_id >= 0 else None)
@@ -122,16 +163,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
                                                      config.backbone.remat)
     clip_params = sharding.replicate(clip_params, mesh)
     method = build_method(config, backbone, tokenizer)
-    setting = build_setting(config)
-    prompts = method.init(jax.random.key(config.seed), clip_params)
     phases = method.phases()
+    jobs = [SeedJob(c, w, build_setting(c), method.init(jax.random.key(c.seed), clip_params)) for c, w in pending]
     image_size = backbone.cfg.image_resolution
-    history: list[dict[str, Any]] = []
     compilations: dict[str, int] = {}
 
-    def evaluate_all(p: Any) -> dict[str, Any]:
+    def evaluate_all(job: SeedJob, p: Any) -> dict[str, Any]:
         out = {}
-        for ev in setting.evals:
+        for ev in job.setting.evals:
             batches = eval_loader(ev.splits.test, global_batch_size=config.eval_batch_size, image_size=image_size,
                                   mesh=mesh, num_workers=config.dataset.num_workers)
             out[ev.name] = evaluate.evaluate_batches(method, p, clip_params, list(ev.splits.classnames),
@@ -139,50 +178,64 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
         return out
 
     if config.eval_only_from:
-        prompts = load_trained_prompts(config.eval_only_from, method, phases, prompts)
+        final = [load_trained_prompts(config.eval_only_from, method, phases, job.prompts) for job in jobs]
     elif phases:
-        prompts = _train(config, workdir, method, phases, prompts, clip_params, setting, mesh, image_size,
-                         stop_at_step, evaluate_all, history, compilations)
-    if jax.process_index() == 0 and phases:
-        save_prompts(os.path.join(workdir, "prompts.npz"), prompts)
-    evals = evaluate_all(prompts)
-    results = _results(config, method, setting, evals, history, compilations, time.time() - t0)
-    if jax.process_index() == 0:
-        with open(results_path, "w") as f:
-            json.dump(results, f, indent=2)
+        final = _train(jobs, method, phases, clip_params, mesh, image_size, stop_at_step, evaluate_all,
+                       compilations)
+    else:
+        final = [job.prompts for job in jobs]
+    results = {}
+    for job, prompts in zip(jobs, final):
+        if jax.process_index() == 0 and phases:
+            save_prompts(os.path.join(job.workdir, "prompts.npz"), prompts)
+        evals = evaluate_all(job, prompts)
+        results[job.workdir] = _results(job.config, job.setting, evals, job.history, compilations,
+                                        time.time() - t0, len(jobs))
+        if jax.process_index() == 0:
+            with open(os.path.join(job.workdir, "results.json"), "w") as f:
+                json.dump(results[job.workdir], f, indent=2)
     return results
 
 
-def _train(config, workdir, method, phases, prompts, clip_params, setting, mesh, image_size, stop_at_step,
-           evaluate_all, history, compilations):
-    train_split = setting.train
+def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, stop_at_step, evaluate_all,
+           compilations) -> list[Any]:
+    config = jobs[0].config
+    names = {tuple(job.setting.train.classnames) for job in jobs}
+    if len(names) != 1:
+        raise ValueError("packed seeds must train on the same class names; run them separately")
+    train_split = jobs[0].setting.train
     texts = method.class_texts(clip_params, list(train_split.classnames))
-    plans = [train.plan_phase(method, ph, prompts) for ph in phases]   # checks every phase before any training
+    plans = [train.plan_phase(method, ph, jobs[0].prompts) for ph in phases]   # checks every phase first
     needs_teacher = any(plan.needs_teacher_text for plan in plans)
     teacher = teacher_text_features(method, config, clip_params, train_split) if needs_teacher else None
+    seeds = [_seed_run(job, phases, mesh, image_size, evaluate_all) for job in jobs]
+    ctx = train.FitContext(mesh, clip_params, texts, teacher, config.optim, seeds, config.log_every,
+                           config.checkpoint_every_steps, stop_at_step, compilations)
+    try:
+        return train.fit(method, phases, [job.prompts for job in jobs], ctx)
+    finally:
+        for seed in seeds:
+            seed.writer.close()
+            seed.checkpoints.close()
+
+
+def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.SeedRun:
+    config, split = job.config, job.setting.train
 
     def make_loader(phase_index: int):
-        return train_loader(train_split.train, global_batch_size=config.batch_size, image_size=image_size,
-                            seed=config.seed * 1000 + phase_index, mesh=mesh,
-                            num_workers=config.dataset.num_workers)
+        return train_loader(split.train, global_batch_size=config.batch_size, image_size=image_size,
+                            seed=config.seed * 1000 + phase_index, mesh=mesh, num_workers=config.dataset.num_workers)
 
-    per_epoch = train.steps_per_epoch(len(train_split.train), config.batch_size)
-    writer = MetricWriter(workdir, sum(p.epochs for p in phases) * per_epoch, progress=config.progress)
+    per_epoch = train.steps_per_epoch(len(split.train), config.batch_size)
+    writer = MetricWriter(job.workdir, sum(p.epochs for p in phases) * per_epoch, progress=config.progress)
 
-    def on_epoch_end(phase: str, epoch: int, p: Any, step: int) -> None:
+    def on_epoch_end(phase: str, epoch: int, prompts: Any, step: int) -> None:
         if config.eval_every_epoch:
-            accs = {k: v["accuracy"] for k, v in evaluate_all(p).items()}
-            history.append({"phase": phase, "epoch": epoch, "step": step, **accs})
+            accs = {k: v["accuracy"] for k, v in evaluate_all(job, prompts).items()}
+            job.history.append({"phase": phase, "epoch": epoch, "step": step, **accs})
             writer.write(step, {"phase": "eval", **{f"{k}_accuracy": v for k, v in accs.items()}})
 
-    with checkpoint.RunCheckpoints(workdir) as ckpt:
-        ctx = train.FitContext(mesh, clip_params, texts, teacher, make_loader, config.optim, ckpt, writer,
-                               config.log_every, config.checkpoint_every_steps, on_epoch_end, stop_at_step,
-                               compilations)
-        try:
-            return train.fit(method, phases, prompts, ctx)
-        finally:
-            writer.close()
+    return train.SeedRun(make_loader, checkpoint.RunCheckpoints(job.workdir), writer, on_epoch_end)
 
 
 def save_prompts(path: str, prompts: Any) -> None:
@@ -220,7 +273,7 @@ def load_trained_prompts(run_dir: str, method: Method, phases: list, prompts_lik
         return train.final_prompts(phase, state) if meta["epoch"] >= phase.epochs else state.prompts
 
 
-def _results(config, method, setting, evals, history, compilations, seconds) -> dict[str, Any]:
+def _results(config, setting, evals, history, compilations, seconds, packed_seeds) -> dict[str, Any]:
     out: dict[str, Any] = {
         "method": config.method, "dataset": setting.train.name if setting.train else config.dataset.name,
         "setting": config.setting, "seed": config.seed, "shots": config.dataset.shots,
@@ -228,7 +281,7 @@ def _results(config, method, setting, evals, history, compilations, seconds) -> 
         "accuracy": {k: v["accuracy"] for k, v in evals.items()},
         "tag": config.tag, "prompt_length": {"text": config.prompts.text.n_ctx, "vision": config.prompts.vision.n_ctx},
         "history": history, "compilations": compilations, "seconds": round(seconds, 1),
-        "num_devices": jax.device_count(), "config": json.loads(config.to_json()),
+        "num_devices": jax.device_count(), "packed_seeds": packed_seeds, "config": json.loads(config.to_json()),
     }
     if "base" in evals and "new" in evals:
         out["hm"] = hm(evals["base"]["accuracy"], evals["new"]["accuracy"])

@@ -126,8 +126,12 @@ def make_loss_fn(method: Method, plan: PhasePlan) -> Callable:
     return loss_fn
 
 
-def make_train_step(method: Method, plan: PhasePlan, tx: optax.GradientTransformation) -> Callable:
-    """The phase's jit-compiled step `(state, clip_params, consts, batch) -> (state, metrics)`; state is donated."""
+def make_train_step(method: Method, plan: PhasePlan, tx: optax.GradientTransformation,
+                    packed: bool = False) -> Callable:
+    """The phase's jit-compiled step `(state, clip_params, consts, batch) -> (state, metrics)`; state is donated.
+
+    `packed`: state, constants and batch carry a leading seed axis; the frozen CLIP is shared by all seeds.
+    """
     loss_fn = make_loss_fn(method, plan)
     leaves, row_masks = plan.selection.leaves, plan.selection.row_masks
 
@@ -147,6 +151,8 @@ def make_train_step(method: Method, plan: PhasePlan, tx: optax.GradientTransform
         new_state = state.replace(prompts=P.merge(frozen, new_trained), opt_state=opt_state, finite=finite)
         return new_state, metrics
 
+    if packed:
+        step = jax.vmap(step, in_axes=(0, None, 0, 0))
     return jax.jit(step, donate_argnums=(0,))
 
 
@@ -178,14 +184,10 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def check_finite(state: TrainState, phase: Phase, epoch: int, step: int) -> None:
-    if not bool(jax.device_get(state.finite)):
+    if not bool(jax.device_get(jnp.all(state.finite))):
         raise FloatingPointError(
             f"the loss became NaN or infinite in phase {phase.name!r} (epoch {epoch + 1}, step {step}); training "
             f"stopped and the last good checkpoint is kept. Lower the learning rate or check the inputs.")
-
-
-def total_steps(phases: list[Phase], per_epoch: int) -> int:
-    return sum(p.epochs for p in phases) * per_epoch
 
 
 def cosine_lr_table(phase: Phase, optim: ml_collections.ConfigDict) -> list[float]:
@@ -201,19 +203,25 @@ def as_floats(metrics: Mapping[str, Array]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------------- loop
 
 @dataclasses.dataclass
+class SeedRun:
+    """What each of several packed seeds has of its own: data, checkpoints, logs, a per-epoch hook."""
+    make_loader: Callable[[int], Any]          # phase index -> train iterator (with steps_per_epoch, get/set_state)
+    checkpoints: Any                           # RunCheckpoints
+    writer: Any                                # MetricWriter
+    on_epoch_end: Callable[[str, int, P.Tree, int], None] | None = None
+
+
+@dataclasses.dataclass
 class FitContext:
-    """Everything the loop needs besides the method: frozen inputs, data, checkpoints, logs and hooks."""
+    """What the seeds of one fit share: mesh, frozen inputs, optimizer settings, logging cadence, hooks."""
     mesh: Any                                  # state and constants are replicated over it
     clip_params: Any
     texts: P.ClassTexts
     teacher_text: Array | None
-    make_loader: Callable[[int], Any]          # phase index -> train iterator (with steps_per_epoch, get/set_state)
     optim: ml_collections.ConfigDict
-    checkpoints: Any                           # RunCheckpoints
-    writer: Any                                # metrics writer with .write(step, dict) and a progress bar
+    seeds: list[SeedRun]
     log_every: int = 10
     checkpoint_every_steps: int = 0            # 0: at epoch and phase ends only
-    on_epoch_end: Callable[[str, int, P.Tree, int], None] | None = None
     stop_at_step: int | None = None            # simulate a preemption (tests)
     compilations: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -222,24 +230,49 @@ class Preempted(RuntimeError):
     """Raised when `stop_at_step` is reached; the run resumes from its last checkpoint."""
 
 
-def fit(method: Method, phases: list[Phase], prompts: P.Tree, ctx: FitContext) -> P.Tree:
-    """Trains the phases in order, resuming from the latest checkpoint; returns the final prompts."""
-    resume = None
-    latest = ctx.checkpoints.latest_step()
-    if latest is not None:
-        resume = ctx.checkpoints.restore_meta(latest)
-        like = _phase_setup(method, phases[resume["phase"]], prompts, ctx, 1)[1]
-        resume["state"] = ctx.checkpoints.restore_state(latest, like)
-        prompts = resume["state"].prompts
+def pack(trees: list[Any]) -> Any:
+    """One tree for one seed; a tree of stacked leaves (seed axis first) for several."""
+    return trees[0] if len(trees) == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unpack(tree: Any, k: int) -> list[Any]:
+    return [tree] if k == 1 else [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
+
+
+def fit(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: FitContext) -> list[P.Tree]:
+    """Trains the phases in order for every seed (packed into one program when several), resuming from the
+    latest checkpoints; returns each seed's final prompts."""
+    resume = _restore(method, phases, prompts, ctx)
+    if resume is not None:
+        prompts = [s.prompts for s in resume["states"]]
     global_step = resume["global_step"] if resume else 0
     for index in range(resume["phase"] if resume else 0, len(phases)):
         phase = phases[index]
         if resume is not None and resume["epoch"] >= phase.epochs:
-            prompts, resume = final_prompts(phase, resume["state"]), None
+            prompts, resume = [final_prompts(phase, s) for s in resume["states"]], None
             continue
         prompts, global_step = _fit_phase(method, index, phase, prompts, ctx, global_step, resume)
         resume = None
     return prompts
+
+
+def _restore(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: FitContext) -> dict | None:
+    """Where the seeds stand (their checkpoints must agree), with their restored states; None to start afresh."""
+    latest = [s.checkpoints.latest_step() for s in ctx.seeds]
+    if all(step is None for step in latest):
+        return None
+    metas = [s.checkpoints.restore_meta(step) if step is not None else None for s, step in zip(ctx.seeds, latest)]
+    where = [None if m is None else (m["phase"], m["epoch"], m["epoch_step"], m["global_step"]) for m in metas]
+    if len(set(where)) != 1:
+        dirs = [s.checkpoints.directory for s in ctx.seeds]
+        raise ValueError(f"packed seeds stand at different points ({list(zip(dirs, where))}); resume them "
+                         f"separately or start new run directories")
+    meta = metas[0]
+    states = []
+    for seed, step, p in zip(ctx.seeds, latest, prompts):
+        like = _phase_setup(method, phases[meta["phase"]], p, ctx, 1)[1]
+        states.append(seed.checkpoints.restore_state(step, like))
+    return {**meta, "states": states, "data_states": [m["data_state"] for m in metas]}
 
 
 def _phase_setup(method: Method, phase: Phase, prompts: P.Tree, ctx: FitContext, per_epoch: int):
@@ -253,51 +286,67 @@ def final_prompts(phase: Phase, state: TrainState) -> P.Tree:
     return state.gpa_sum if phase.gpa is not None else state.prompts
 
 
-def _fit_phase(method: Method, index: int, phase: Phase, prompts: P.Tree, ctx: FitContext, global_step: int,
-               resume: dict[str, Any] | None) -> tuple[P.Tree, int]:
-    """Trains one phase from its start, or from where `resume` (a checkpoint's meta and state) left it."""
-    loader = ctx.make_loader(index)
-    per_epoch = loader.steps_per_epoch
-    plan, state, tx = _phase_setup(method, phase, prompts, ctx, per_epoch)
+def _fit_phase(method: Method, index: int, phase: Phase, prompts: list[P.Tree], ctx: FitContext,
+               global_step: int, resume: dict[str, Any] | None) -> tuple[list[P.Tree], int]:
+    """Trains one phase from its start, or from where `resume` (the checkpoints' meta and states) left it."""
+    k = len(ctx.seeds)
+    loaders = [s.make_loader(index) for s in ctx.seeds]
+    per_epoch = loaders[0].steps_per_epoch
+    if any(loader.steps_per_epoch != per_epoch for loader in loaders):
+        raise ValueError(f"packed seeds have different steps per epoch "
+                         f"{[loader.steps_per_epoch for loader in loaders]}: run them separately")
+    setups = [_phase_setup(method, phase, p, ctx, per_epoch) for p in prompts]
+    plan, tx = setups[0][0], setups[0][2]
+    states = [setup[1] for setup in setups]
     start_epoch, skip_steps = 0, 0
     if resume is not None:
-        state, start_epoch, skip_steps = resume["state"], resume["epoch"], resume["epoch_step"]
-        loader.set_state(resume["data_state"])
+        states, start_epoch, skip_steps = resume["states"], resume["epoch"], resume["epoch_step"]
+        for loader, data_state in zip(loaders, resume["data_states"]):
+            loader.set_state(data_state)
+    consts = [phase_constants(method, plan, s.prompts, ctx.clip_params, ctx.texts, ctx.teacher_text) for s in states]
     # Replicated placement from the start, so the step sees the same input shardings on every call.
-    state = sharding.replicate(state, ctx.mesh)
-    consts = sharding.replicate(
-        phase_constants(method, plan, state.prompts, ctx.clip_params, ctx.texts, ctx.teacher_text), ctx.mesh)
-    step_fn = make_train_step(method, plan, tx)
+    state = sharding.replicate(pack(states), ctx.mesh)
+    consts = sharding.replicate(pack(consts), ctx.mesh)
+    step_fn = make_train_step(method, plan, tx, packed=k > 1)
     weights = gpa_weights(phase.epochs, *phase.gpa) if phase.gpa is not None else None
-    ctx.writer.start_phase(phase.name, index, global_step)
+    for seed in ctx.seeds:
+        seed.writer.start_phase(phase.name, index, global_step)
     metrics = None
     for epoch in range(start_epoch, phase.epochs):
         for epoch_step in range(skip_steps if epoch == start_epoch else 0, per_epoch):
-            state, metrics = step_fn(state, ctx.clip_params, consts, next(loader))
+            state, metrics = step_fn(state, ctx.clip_params, consts, pack([next(loader) for loader in loaders]))
             global_step += 1
             if global_step % ctx.log_every == 0:
                 check_finite(state, phase, epoch, global_step)
-                ctx.writer.write(global_step, {"phase": phase.name, "epoch": epoch + 1, **as_floats(metrics)})
-            ctx.writer.advance(global_step)
+                _log(ctx, global_step, phase, epoch, metrics)
+            for seed in ctx.seeds:
+                seed.writer.advance(global_step)
             mid_epoch = epoch_step + 1 < per_epoch
             if ctx.checkpoint_every_steps and mid_epoch and global_step % ctx.checkpoint_every_steps == 0:
                 check_finite(state, phase, epoch, global_step)
-                _save(ctx, global_step, state, loader, phase=index, epoch=epoch, epoch_step=epoch_step + 1)
+                _save(ctx, global_step, state, loaders, phase=index, epoch=epoch, epoch_step=epoch_step + 1)
             if ctx.stop_at_step is not None and global_step >= ctx.stop_at_step:
                 raise Preempted(f"stopped at step {global_step} as asked")
         check_finite(state, phase, epoch, global_step)
         if weights is not None:
             state = accumulate_gpa(state, float(weights[epoch]))
-        _save(ctx, global_step, state, loader, phase=index, epoch=epoch + 1, epoch_step=0)
+        _save(ctx, global_step, state, loaders, phase=index, epoch=epoch + 1, epoch_step=0)
         if metrics is not None:
-            ctx.writer.write(global_step, {"phase": phase.name, "epoch": epoch + 1, **as_floats(metrics)})
-        if ctx.on_epoch_end is not None:
-            ctx.on_epoch_end(phase.name, epoch + 1, state.prompts, global_step)
+            _log(ctx, global_step, phase, epoch, metrics)
+        for seed, seed_state in zip(ctx.seeds, unpack(state, k)):
+            if seed.on_epoch_end is not None:
+                seed.on_epoch_end(phase.name, epoch + 1, seed_state.prompts, global_step)
     ctx.compilations[phase.name] = step_fn._cache_size()
-    return final_prompts(phase, state), global_step
+    return [final_prompts(phase, s) for s in unpack(state, k)], global_step
 
 
-def _save(ctx: FitContext, global_step: int, state: TrainState, loader: Any, **where: int) -> None:
-    """Saves the state with where the run stands: phase, epochs done, steps done in the current epoch."""
-    meta = {**where, "global_step": global_step, "data_state": loader.get_state()}
-    ctx.checkpoints.save(global_step, state, meta)
+def _log(ctx: FitContext, global_step: int, phase: Phase, epoch: int, metrics: Any) -> None:
+    for seed, seed_metrics in zip(ctx.seeds, unpack(metrics, len(ctx.seeds))):
+        seed.writer.write(global_step, {"phase": phase.name, "epoch": epoch + 1, **as_floats(seed_metrics)})
+
+
+def _save(ctx: FitContext, global_step: int, state: TrainState, loaders: list[Any], **where: int) -> None:
+    """Saves each seed's state with where the run stands: phase, epochs done, steps done in the current epoch."""
+    for seed, seed_state, loader in zip(ctx.seeds, unpack(state, len(ctx.seeds)), loaders):
+        meta = {**where, "global_step": global_step, "data_state": loader.get_state()}
+        seed.checkpoints.save(global_step, seed_state, meta)

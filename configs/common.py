@@ -11,7 +11,7 @@ CROSS_DATASET_TARGETS = ("Caltech101", "OxfordPets", "StanfordCars", "Flowers102
                          "SUN397", "DTD", "EuroSAT", "UCF101")
 
 # Arguments every config accepts after the colon; each maps to a config field.
-COMMON_ARGS = dict(dataset="", seed=0, shots=-1, backbone="", weights="", tokenizer="", data="", setting="",
+COMMON_ARGS = dict(dataset="", seed=0, seeds="", shots=-1, backbone="", weights="", tokenizer="", data="", setting="",
                    demo=False, xd=False, dg=False, fewshot=False)
 
 
@@ -39,6 +39,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.method = method
     c.tag = ""          # a free label that report.py uses to tell variants of one method apart
     c.seed = 1
+    c.pack_seeds = ""   # "1,2,3": train these seeds together in one program, each in <workdir>/seed<s>
     c.setting = "base2new"
     c.dataset = ml_collections.ConfigDict(dict(
         name="ImageNet", root="", shots=16, strict_shots=False, num_workers=4, eval_datasets=(),
@@ -84,6 +85,8 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, **extra: Any) -> m
             _set(c, field, a[key])
     if a.seed:
         c.seed = a.seed
+    if a.seeds:
+        c.pack_seeds = a.seeds.replace("+", ",")
     if a.shots >= 0:
         c.dataset.shots = a.shots
     return c

@@ -82,3 +82,18 @@ def test_phase_pattern_matching_no_leaf_is_named_before_training(tmp_path):
     with pytest.raises(ValueError, match="'vision/.\\*' matches no prompt leaf"):
         run(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+@pytest.mark.slow
+def test_packed_seeds_match_separate_runs(tmp_path):
+    small = dict(dataset__shots=4, batch_size=4, eval_batch_size=16, optim__epochs=2, log_every=2)
+    packed = run(tiny_config("ivlp", pack_seeds="1,2", **small), str(tmp_path / "packed"))
+    assert [r["seed"] for r in packed] == [1, 2] and all(r["packed_seeds"] == 2 for r in packed)
+    for seed in (1, 2):
+        alone = run(tiny_config("ivlp", seed=seed, **small), str(tmp_path / f"alone{seed}"))
+        a, b = _prompts(tmp_path / "packed" / f"seed{seed}"), _prompts(tmp_path / f"alone{seed}")
+        for key in a:
+            assert np.linalg.norm(a[key] - b[key]) <= 1e-5 * np.linalg.norm(b[key]), key
+        assert json.load(open(tmp_path / "packed" / f"seed{seed}" / "config.json")) == \
+            json.load(open(tmp_path / f"alone{seed}" / "config.json"))
+        assert alone["evals"]["base"]["num_examples"] == packed[seed - 1]["evals"]["base"]["num_examples"]
