@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                       # all methods, C = 10, 100, 1000 (long on 2 CPU cores)
     python benchmarks/train_step.py --methods aple,ivlp --classes 10,100 --batch 4
+    python benchmarks/train_step.py --methods ivlp --classes 100 --pack 3    # 3 packed seeds vs 3 separate steps
 
 Memory is XLA's own account of the compiled step (arguments + outputs + temporaries - aliased), the peak the
 program needs on any backend; time is the median wall time of jitted steps after a warm-up step.
@@ -29,8 +30,8 @@ from aple_jax.methods import build_method  # noqa: E402
 METHODS = ("aple", "ivlp", "coop", "kgcoop", "cocoop", "maple", "promptsrc")
 
 
-def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, phase_index: int):
-    """(jitted step, args) for one phase of one method with `classes` class prompts."""
+def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, phase_index: int, pack: int = 1):
+    """(jitted step, args) for one phase of one method with `classes` class prompts (`pack` seeds in one step)."""
     config = importlib.import_module(f"configs.{name}").get_config("")
     method = build_method(config, backbone, Tokenizer.builtin_tiny())
     prompts = method.init(jax.random.key(0), params)
@@ -45,7 +46,9 @@ def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, 
     batch_arrays = {"image": jax.numpy.asarray(rng.normal(size=(batch, size, size, 3)), jax.numpy.float32),
                     "label": jax.numpy.asarray(rng.integers(0, classes, batch), jax.numpy.int32)}
     state = train.init_state(prompts, tx, phase.gpa is not None)
-    return train.make_train_step(method, plan, tx), (state, params, consts, batch_arrays), phase.name
+    if pack > 1:
+        state, consts, batch_arrays = (train.pack([x] * pack) for x in (state, consts, batch_arrays))
+    return train.make_train_step(method, plan, tx, packed=pack > 1), (state, params, consts, batch_arrays), phase.name
 
 
 def measure(step, args, repeats: int, budget_s: float) -> dict[str, float]:
@@ -74,6 +77,7 @@ def main() -> None:
     ap.add_argument("--backbone", default="ViT-B/16")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of timed steps per row at most")
+    ap.add_argument("--pack", type=int, default=1, help="also time this many seeds packed into one step")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     cfg = clip_model.get_config(args.backbone)
@@ -91,6 +95,13 @@ def main() -> None:
                 r = measure(step, step_args, args.repeats, args.budget)
                 rows.append({"method": name, "phase": phase, "classes": classes, **r})
                 print(f"| {name} | {phase} | {classes} | {r['step_s']:.3f} | {r['peak_gb']:.2f} |", flush=True)
+                if args.pack > 1:
+                    step, step_args, _ = step_setup(backbone, params, name, classes, args.batch, index, args.pack)
+                    p = measure(step, step_args, args.repeats, args.budget)
+                    rows.append({"method": name, "phase": phase, "classes": classes, "packed": args.pack, **p})
+                    print(f"| {name} | {phase}, {args.pack} seeds packed: {p['step_s'] / args.pack:.3f} s per seed "
+                          f"({r['step_s'] / (p['step_s'] / args.pack):.2f}x) | {classes} | {p['step_s']:.3f} | "
+                          f"{p['peak_gb']:.2f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
