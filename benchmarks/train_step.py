@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, ".")
 
-from aple_jax import train  # noqa: E402
+from aple_jax import sharding, train  # noqa: E402
 from aple_jax.clip import model as clip_model  # noqa: E402
 from aple_jax.clip.backbone import Backbone  # noqa: E402
 from aple_jax.clip.tokenizer import Tokenizer  # noqa: E402
@@ -30,9 +30,10 @@ from aple_jax.methods import build_method  # noqa: E402
 METHODS = ("aple", "ivlp", "coop", "kgcoop", "cocoop", "maple", "promptsrc")
 
 
-def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, phase_index: int, pack: int = 1):
+def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, phase_index: int, pack: int = 1,
+               config_arg: str = ""):
     """(jitted step, args) for one phase of one method with `classes` class prompts (`pack` seeds in one step)."""
-    config = importlib.import_module(f"configs.{name}").get_config("")
+    config = importlib.import_module(f"configs.{name}").get_config(config_arg)
     method = build_method(config, backbone, Tokenizer.builtin_tiny())
     prompts = method.init(jax.random.key(0), params)
     phase = method.phases()[phase_index]
@@ -48,6 +49,8 @@ def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, 
     state = train.init_state(prompts, tx, phase.gpa is not None)
     if pack > 1:
         state, consts, batch_arrays = (train.pack([x] * pack) for x in (state, consts, batch_arrays))
+    # Committed, replicated placement as in the trainer, so the warm-up call compiles the program that is timed.
+    state, consts, batch_arrays = sharding.replicate((state, consts, batch_arrays), sharding.make_mesh())
     return train.make_train_step(method, plan, tx, packed=pack > 1), (state, params, consts, batch_arrays), phase.name
 
 
