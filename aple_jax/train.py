@@ -289,8 +289,17 @@ def final_prompts(phase: Phase, state: TrainState) -> P.Tree:
 def _fit_phase(method: Method, index: int, phase: Phase, prompts: list[P.Tree], ctx: FitContext,
                global_step: int, resume: dict[str, Any] | None) -> tuple[list[P.Tree], int]:
     """Trains one phase from its start, or from where `resume` (the checkpoints' meta and states) left it."""
-    k = len(ctx.seeds)
     loaders = [s.make_loader(index) for s in ctx.seeds]
+    try:
+        return _fit_phase_with(method, index, phase, prompts, ctx, global_step, resume, loaders)
+    finally:
+        for loader in loaders:
+            loader.close()   # stops prefetching and any worker processes
+
+
+def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tree], ctx: FitContext,
+                    global_step: int, resume: dict[str, Any] | None, loaders: list[Any]) -> tuple[list[P.Tree], int]:
+    k = len(ctx.seeds)
     per_epoch = loaders[0].steps_per_epoch
     if any(loader.steps_per_epoch != per_epoch for loader in loaders):
         raise ValueError(f"packed seeds have different steps per epoch "

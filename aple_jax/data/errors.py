@@ -1,0 +1,33 @@
+"""Errors raised by the data package; each names the path or value at fault and points to docs/data.md."""
+from __future__ import annotations
+
+DOCS = "docs/data.md"
+
+
+class DataError(Exception):
+    """Base class of the data package's errors."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A dataset directory, split file or listed image is absent."""
+
+
+class BadImageError(DataError, OSError):
+    """An image file exists but cannot be decoded."""
+
+
+class UnknownDatasetError(DataError, ValueError):
+    """A dataset or TFDS builder name that the package does not know."""
+
+
+class NotEnoughShotsError(DataError, ValueError):
+    """A class has fewer images than the requested shots and strict shots were asked for."""
+
+
+class SplitFormatError(DataError, ValueError):
+    """A split or class-name file whose content does not follow CoOp's format."""
+
+
+def see_docs(section: str = "") -> str:
+    """The pointer appended to every message: where the expected layout is described."""
+    return f"See {DOCS}" + (f" ({section})" if section else "") + " for the expected layout."

@@ -1,0 +1,110 @@
+"""grain input pipelines: infinite shuffled training batches and padded, masked evaluation batches,
+delivered as global arrays sharded on the mesh's `data` axis."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+from jax.sharding import Mesh
+
+from aple_jax.data.elements import BatchLayout, EvalElement, TrainElement
+from aple_jax.sharding import local_batch_size, shard_batch
+
+PREFETCH_BATCHES = 2
+MAX_THREADS = 8  # decoding threads when no worker processes are asked for (PIL releases the GIL)
+
+
+def _layout(global_batch_size: int, mesh: Mesh) -> BatchLayout:
+    return BatchLayout(global_batch_size, local_batch_size(global_batch_size, mesh), jax.process_index())
+
+
+def _to_iter(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+    """Threads decode batches in this process; with `num_workers` > 0, worker processes do."""
+    threads = min(MAX_THREADS, os.cpu_count() or 1) if num_workers == 0 else 1
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                              prefetch_buffer_size=max(PREFETCH_BATCHES, threads)))
+    if num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags; outside an absl app
+            flags.FLAGS.mark_as_parsed()  # (tests, notebooks) they keep their defaults
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                         per_worker_buffer_size=PREFETCH_BATCHES))
+    return it
+
+
+class TrainLoader(Iterator[dict[str, jax.Array]]):
+    """Infinite iterator over training batches; `get_state`/`set_state` resume the exact sequence."""
+
+    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, steps_per_epoch: int):
+        self._iterator = iter(dataset)
+        self._mesh = mesh
+        self._steps_per_epoch = steps_per_epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self._steps_per_epoch
+
+    def __next__(self) -> dict[str, jax.Array]:
+        return shard_batch(next(self._iterator), self._mesh)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._iterator.set_state(state)
+
+    def close(self) -> None:
+        """Stops prefetching and the worker processes."""
+        self._iterator.close()
+
+
+def train_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int, seed: int,
+                 mesh: Mesh, num_workers: int = 0, augment: bool = True) -> TrainLoader:
+    """Seeded per-epoch shuffling, drop-last batches, repeated forever; each process feeds its slice."""
+    if len(source) < global_batch_size:
+        raise ValueError(f"the training set has {len(source)} images, fewer than the global batch size "
+                         f"{global_batch_size}: lower the batch size (drop-last would leave no batch)")
+    layout = _layout(global_batch_size, mesh)
+    element = TrainElement(source, layout, image_size, seed, augment)
+    ds = grain.MapDataset.range(sys.maxsize // global_batch_size * layout.local_batch_size).map(element)
+    ds = ds.batch(layout.local_batch_size, drop_remainder=True)
+    return TrainLoader(_to_iter(ds, num_workers), mesh, element.steps_per_epoch)
+
+
+class EvalLoader:
+    """Re-iterable evaluation batches with "mask"; every example appears exactly once per pass."""
+
+    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, num_batches: int):
+        self._dataset, self._mesh, self._num_batches = dataset, mesh, num_batches
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+        iterator = iter(self._dataset)
+        try:
+            for batch in iterator:
+                yield shard_batch(batch, self._mesh)
+        finally:
+            iterator.close()
+
+
+def eval_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int, mesh: Mesh,
+                num_workers: int = 0) -> EvalLoader:
+    """Sequential batches; the last one is padded to full size with mask False on the padding."""
+    layout = _layout(global_batch_size, mesh)
+    num_batches = -(-len(source) // global_batch_size)
+    ds = grain.MapDataset.range(num_batches * layout.local_batch_size).map(EvalElement(source, layout, image_size))
+    ds = ds.batch(layout.local_batch_size, drop_remainder=True)
+    return EvalLoader(_to_iter(ds, num_workers), mesh, num_batches)
+
+
+def host_batches(loader: EvalLoader | TrainLoader) -> Iterator[dict[str, np.ndarray]]:
+    """The batches of a loader fetched back to the host (for tests and tools)."""
+    for batch in loader:
+        yield jax.device_get(batch)
