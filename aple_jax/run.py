@@ -178,6 +178,8 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
         return out
 
     if config.eval_only_from:
+        for job in jobs:
+            check_trained_run(config.eval_only_from, job.config, job.setting)
         final = [load_trained_prompts(config.eval_only_from, method, phases, job.prompts) for job in jobs]
     elif phases:
         final = _train(jobs, method, phases, clip_params, mesh, image_size, stop_at_step, evaluate_all,
@@ -205,6 +207,10 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
         raise ValueError("packed seeds must train on the same class names; run them separately")
     train_split = jobs[0].setting.train
     texts = method.class_texts(clip_params, list(train_split.classnames))
+    for job in jobs:
+        if jax.process_index() == 0:
+            with open(os.path.join(job.workdir, "classnames.json"), "w") as f:
+                json.dump({"dataset": train_split.name, "classnames": list(train_split.classnames)}, f, indent=1)
     plans = [train.plan_phase(method, ph, jobs[0].prompts) for ph in phases]   # checks every phase first
     needs_teacher = any(plan.needs_teacher_text for plan in plans)
     teacher = teacher_text_features(method, config, clip_params, train_split) if needs_teacher else None
@@ -253,6 +259,38 @@ def read_prompts(path: str, prompts_like: Any) -> Any:
         raise ValueError(f"prompts in {path} do not fit this method and backbone: expected leaves {expected}, "
                          f"found {got}")
     return P.unflatten({k: jax.numpy.asarray(v) for k, v in loaded.items()})
+
+
+# What must agree between a trained run and an evaluation of its prompts.
+PROMPT_KEYS = ("method", "backbone.name", "backbone.weights", "prompts")
+
+
+def check_trained_run(run_dir: str, config: ml_collections.ConfigDict, setting: Setting) -> None:
+    """Refuses prompts trained for another method, backbone or prompt shape, or for other base classes."""
+    if run_dir.endswith(".npz") or not os.path.isdir(run_dir):
+        if not os.path.exists(run_dir):
+            raise FileNotFoundError(f"eval_only_from={run_dir!r} does not exist")
+        return
+    config_path = os.path.join(run_dir, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            trained = _comparable(json.load(f))
+        current = _comparable(config.to_dict())
+        diff = sorted(k for k in set(trained) | set(current)
+                      if k.startswith(PROMPT_KEYS) and trained.get(k) != current.get(k))
+        if diff:
+            details = ", ".join(f"{k}: trained {trained.get(k)!r}, now {current.get(k)!r}" for k in diff)
+            raise ValueError(f"prompts in {run_dir} were trained with another method/backbone/prompt shape "
+                             f"({details})")
+    names_path = os.path.join(run_dir, "classnames.json")
+    base = next((ev.splits for ev in setting.evals if ev.name == "base"), None)
+    if base is not None and os.path.exists(names_path):
+        with open(names_path) as f:
+            trained = json.load(f)
+        if trained["dataset"] == base.name and trained["classnames"] != list(base.classnames):
+            raise ValueError(f"prompts in {run_dir} were trained on the base classes {trained['classnames'][:5]}..., "
+                             f"but this evaluation's base classes are {list(base.classnames)[:5]}...: use the "
+                             f"dataset, seed and shots of the training run")
 
 
 def load_trained_prompts(run_dir: str, method: Method, phases: list, prompts_like: Any) -> Any:
