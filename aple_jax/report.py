@@ -1,7 +1,42 @@
-"""Results as tables: one run's summary (more in `python -m aple_jax.report RUNS_DIR`)."""
+"""Results as tables and plots: one run's summary, and `python -m aple_jax.report RUNS_DIR` over many runs.
+
+The report follows the field's aggregation rules (protocol.md section 5): per group of seeds the mean and the
+population std (numpy's default, as Dassl's `parse_test_res.py`); base-to-novel HM = HM of the seed means; the
+11-dataset average = mean of per-dataset Base and of per-dataset Novel, its HM = HM of those two averages;
+cross-dataset average = plain mean over the 10 targets of the per-target seed means.
+"""
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import re
+import sys
+from collections import defaultdict
+from typing import Any, Iterable, NamedTuple, Sequence
+
+import numpy as np
+
+from aple_jax import reference_numbers as ref
+from aple_jax.data.errors import UnknownDatasetError
+from aple_jax.data.names import canonical_name
+from aple_jax.run import OPERATIONAL_KEYS, hm
+from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS
+
+REPORT_KIND = "aple_jax.report"      # marks our aggregate results.json so that a later scan skips it
+BASE2NEW_DATASETS = ("ImageNet",) + CROSS_DATASET_TARGETS
+REQUIRED_KEYS = ("method", "dataset", "setting", "seed", "shots", "backbone", "tag", "prompt_length", "accuracy",
+                 "config")
+# Where data and weights live says nothing about what a run computes: they may differ between seeds.
+LOCATION_KEYS = ("dataset.root", "backbone.weights", "backbone.tokenizer")
+_TABLE_NAMES = {"OxfordFlowers": "Flowers102", "DescribableTextures": "DTD"}
+_HISTORY_META = ("phase", "epoch", "step")
+
+
+class ReportError(ValueError):
+    """Run directories that cannot be reported: unfinished, malformed, or mixing incompatible configs."""
 
 
 def format_run(results: dict[str, Any]) -> str:
@@ -13,3 +48,548 @@ def format_run(results: dict[str, Any]) -> str:
            + " | ".join(f"{results['accuracy'][n]:.2f}" for n in names)
            + (f" | {results['hm']:.2f} |" if "hm" in results else " |"))
     return "\n".join([header, rule, row])
+
+
+# ---------------------------------------------------------------------------------------------------- runs, groups
+
+def dataset_name(name: str) -> str:
+    """The field's table name of a dataset spelling ("dtd" -> "DTD"); names the data package lacks pass through."""
+    try:
+        name = canonical_name(name)
+    except UnknownDatasetError:
+        return name
+    return _TABLE_NAMES.get(name, name)
+
+
+class GroupKey(NamedTuple):
+    method: str
+    tag: str
+    backbone: str
+    setting: str
+    shots: int
+    dataset: str
+    evals: tuple[str, ...]   # base/new, all, or the transfer targets
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    path: str                 # the run directory
+    results: dict[str, Any]
+
+    @property
+    def key(self) -> GroupKey:
+        r = self.results
+        evals = tuple(dataset_name(e) if r["setting"] == "transfer" else e for e in r["accuracy"])
+        return GroupKey(r["method"], r["tag"], r["backbone"], r["setting"], r["shots"], dataset_name(r["dataset"]),
+                        evals)
+
+    @property
+    def accuracy(self) -> dict[str, float]:
+        """Accuracies under the report's eval names (transfer targets as table names)."""
+        return dict(zip(self.key.evals, self.results["accuracy"].values()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float
+    values: list[float]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        return cls(float(np.mean(values)), float(np.std(values)), list(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """The seeds of one (method, tag, backbone, setting, shots, dataset, evals)."""
+    key: GroupKey
+    runs: list[Run]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.results["seed"] for r in self.runs]
+
+    @functools.cached_property
+    def stats(self) -> dict[str, Stat]:
+        return {e: Stat.of([r.accuracy[e] for r in self.runs]) for e in self.key.evals}
+
+    @property
+    def hm(self) -> float | None:
+        """HM of the seed means (base-to-novel only)."""
+        s = self.stats
+        return hm(s["base"].mean, s["new"].mean) if "base" in s and "new" in s else None
+
+    @property
+    def prompt_length(self) -> dict[str, int]:
+        return self.runs[0].results["prompt_length"]
+
+
+def find_runs(runs_dir: str, skip_unfinished: bool = False) -> list[Run]:
+    """Every run's results.json below `runs_dir`; unfinished run directories raise unless skipped."""
+    if not os.path.isdir(runs_dir):
+        raise ReportError(f"runs directory {runs_dir} does not exist")
+    runs, unfinished = [], []
+    for path, dirs, files in os.walk(runs_dir):
+        started = "config.json" in files or "checkpoints" in dirs
+        dirs[:] = sorted(d for d in dirs if d != "checkpoints")
+        if "results.json" in files:
+            results = _read_results(os.path.join(path, "results.json"))
+            if results is not None:
+                runs.append(Run(path, results))
+        elif started:
+            unfinished.append(path)
+    if unfinished and not skip_unfinished:
+        raise ReportError("run directories without results.json (the run has not finished: still running, stopped "
+                          "or crashed; re-run its command to resume, or pass --skip-unfinished): "
+                          + ", ".join(unfinished))
+    if not runs:
+        raise ReportError(f"no results.json found below {runs_dir}; expected run directories written by launch.py "
+                          f"or `python -m aple_jax.sweep`")
+    return runs
+
+
+def read_json(path: str) -> dict[str, Any]:
+    """A JSON object from a file, or a ReportError naming the file."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path} is not valid JSON ({e}); a run writes results.json once it has finished") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path} holds a {type(data).__name__}; expected a JSON object")
+    return data
+
+
+def _read_results(path: str) -> dict[str, Any] | None:
+    """A run's results, or None for an aggregate written by this module."""
+    results = read_json(path)
+    if results.get("kind") == REPORT_KIND:
+        return None
+    missing = [k for k in REQUIRED_KEYS if k not in results]
+    if missing:
+        raise ReportError(f"{path} lacks keys {missing}; expected a run's results.json as aple_jax.run writes it")
+    return results
+
+
+def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"a.b.c": value}, lists for tuples."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def differing_keys(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two config dicts, apart from seed, operational and location keys."""
+    skip = ("seed", *OPERATIONAL_KEYS, *LOCATION_KEYS, *ignore)
+    fa, fb = flat_config(a), flat_config(b)
+    return sorted(k for k in set(fa) | set(fb)
+                  if fa.get(k) != fb.get(k) and not any(k == s or k.startswith(s + ".") for s in skip))
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs grouped over seeds, after checking that each group's runs differ in their seed only."""
+    check_compatible(runs)
+    by_key: dict[GroupKey, list[Run]] = defaultdict(list)
+    for r in runs:
+        by_key[r.key].append(r)
+    return [Group(k, sorted(v, key=lambda r: r.results["seed"])) for k, v in sorted(by_key.items())]
+
+
+def check_compatible(runs: list[Run]) -> None:
+    """Runs of one method+tag+dataset+setting must share backbone, shots (bar few-shot) and config; seeds unique."""
+    buckets: dict[tuple, list[Run]] = defaultdict(list)
+    for r in runs:
+        k = r.key
+        buckets[(k.method, k.tag, k.dataset, k.setting, k.evals)].append(r)
+    for bucket in buckets.values():
+        first = bucket[0]
+        # Few-shot ("all") sweeps vary the shots on purpose: shots are then part of the group, not a conflict.
+        ignore = ("dataset.name", "dataset.shots") if first.key.setting == "all" else ("dataset.name",)
+        for other in bucket[1:]:
+            diff = differing_keys(first.results["config"], other.results["config"], ignore)
+            if diff:
+                k = first.key
+                raise ReportError(
+                    f"incompatible runs in one report: {first.path} and {other.path} are both method={k.method} "
+                    f"tag={k.tag!r} dataset={k.dataset} setting={k.setting} but their configs differ in {diff}; "
+                    f"give each variant its own tag (config field `tag`) or report them separately")
+        seen: dict[tuple, str] = {}
+        for r in bucket:
+            seed_key = (r.results["seed"], r.results["shots"])
+            if seed_key in seen:
+                raise ReportError(f"{seen[seed_key]} and {r.path} are the same run (seed {seed_key[0]}, "
+                                  f"{seed_key[1]} shots, same config); remove one")
+            seen[seed_key] = r.path
+
+
+# ---------------------------------------------------------------------------------------------------- aggregation
+
+def label(method: str, tag: str) -> str:
+    return f"{method} [{tag}]" if tag else method
+
+
+def _system(k: GroupKey) -> dict[str, Any]:
+    return {"method": k.method, "tag": k.tag, "backbone": k.backbone, "shots": k.shots}
+
+
+def base2new_average(per_dataset: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The field's average: mean Base, mean Novel, HM of those; over the 11 datasets, or flagged incomplete."""
+    complete = all(d in per_dataset for d in BASE2NEW_DATASETS)
+    names = list(BASE2NEW_DATASETS) if complete else list(per_dataset)
+    base = float(np.mean([per_dataset[d]["base"] for d in names]))
+    new = float(np.mean([per_dataset[d]["new"] for d in names]))
+    return {"datasets": names, "complete": complete, "base": base, "new": new, "hm": hm(base, new)}
+
+
+def summarize_base2new(groups: list[Group]) -> list[dict[str, Any]]:
+    """Per (method, tag, backbone, shots): per-dataset Base/Novel seed means and stds, HM of means, the average."""
+    systems: dict[tuple, dict[str, Group]] = defaultdict(dict)
+    for g in groups:
+        if g.key.setting == "base2new":
+            systems[tuple(_system(g.key).values())][g.key.dataset] = g
+    out = []
+    for key, by_dataset in systems.items():
+        per_dataset = {d: {"base": g.stats["base"].mean, "new": g.stats["new"].mean, "hm": g.hm,
+                           "base_std": g.stats["base"].std, "new_std": g.stats["new"].std, "seeds": g.seeds}
+                       for d, g in sorted(by_dataset.items(), key=lambda kv: _dataset_order(kv[0]))}
+        system = _system(next(iter(by_dataset.values())).key)
+        out.append({**system, "datasets": per_dataset, "average": base2new_average(per_dataset)})
+    return out
+
+
+def summarize_transfer(groups: list[Group], targets: Sequence[str], average: bool) -> list[dict[str, Any]]:
+    """Transfer groups evaluated on any of `targets`: the source and per-target seed means (+ plain mean)."""
+    out = []
+    for g in groups:
+        if g.key.setting != "transfer" or not set(targets) & set(g.key.evals):
+            continue
+        stats = g.stats
+        row = {**_system(g.key), "source": g.key.dataset, "seeds": g.seeds,
+               "accuracy": {t: dataclasses.asdict(s) for t, s in stats.items()}}
+        if average:
+            present = [t for t in targets if t in stats]
+            row["average"] = {"targets": present, "complete": len(present) == len(targets),
+                              "accuracy": float(np.mean([stats[t].mean for t in present]))}
+        out.append(row)
+    return out
+
+
+def summarize(runs_dir: str, groups: list[Group], reference: bool) -> dict[str, Any]:
+    """The machine-readable aggregate (written as results.json)."""
+    summary: dict[str, Any] = {
+        "kind": REPORT_KIND, "runs_dir": os.path.abspath(runs_dir), "num_runs": sum(len(g.runs) for g in groups),
+        "groups": [{**g.key._asdict(), "seeds": g.seeds, "runs": [r.path for r in g.runs],
+                    "prompt_length": g.prompt_length,
+                    "accuracy": {e: dataclasses.asdict(s) for e, s in g.stats.items()},
+                    **({"hm": g.hm} if g.hm is not None else {})} for g in groups],
+        "base2new": summarize_base2new(groups),
+        "cross_dataset": summarize_transfer(groups, CROSS_DATASET_TARGETS, average=True),
+        "domain_generalization": summarize_transfer(groups, IMAGENET_VARIANTS, average=False),
+    }
+    if reference:
+        summary["reference"] = {"base2new_average": ref.BASE2NEW_AVERAGE,
+                                "base2new_per_dataset": ref.BASE2NEW_PER_DATASET,
+                                "domain_generalization": ref.DOMAIN_GENERALIZATION,
+                                "sources": {"per_dataset": ref.PER_DATASET_SOURCE, "dg": ref.DG_SOURCE}}
+    return summary
+
+
+def _dataset_order(name: str) -> tuple[int, str]:
+    order = BASE2NEW_DATASETS + IMAGENET_VARIANTS
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
+# ---------------------------------------------------------------------------------------------------- Markdown
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return ",".join(str(s) for s in seeds)
+
+
+def base2new_average_table(summary: dict[str, Any], reference: bool) -> str:
+    rows = []
+    for s in summary["base2new"]:
+        a = s["average"]
+        n = "11" if a["complete"] else f"average over {len(a['datasets'])} datasets (incomplete)"
+        rows.append([label(s["method"], s["tag"]), s["backbone"], s["shots"], n, f"{a['base']:.2f}",
+                     f"{a['new']:.2f}", f"{a['hm']:.2f}", "this report"])
+    if reference:
+        rows += [[f"{m} (reference)", "ViT-B/16", 16, "11", f"{b:.2f}", f"{n:.2f}", f"{h:.2f}", src]
+                 for m, (b, n, h, src) in ref.BASE2NEW_AVERAGE.items()]
+    return _table(["Method", "Backbone", "Shots", "Datasets", "Base", "Novel", "HM", "Source"], rows)
+
+
+def base2new_dataset_table(summary: dict[str, Any], reference: bool) -> str:
+    by_dataset: dict[str, list[list[Any]]] = defaultdict(list)
+    for s in summary["base2new"]:
+        for d, v in s["datasets"].items():
+            n = len(v["seeds"])
+            by_dataset[d].append([d, label(s["method"], s["tag"]), s["backbone"], s["shots"], _seeds(v["seeds"]),
+                                  _pm(v["base"], v["base_std"], n), _pm(v["new"], v["new_std"], n),
+                                  f"{v['hm']:.2f}"])
+    for d in by_dataset:
+        if reference:
+            by_dataset[d] += [[d, f"{m} (reference)", "ViT-B/16", 16, "–", f"{b:.2f}", f"{n:.2f}", f"{h:.2f}"]
+                              for m, table in ref.BASE2NEW_PER_DATASET.items() if d in table
+                              for b, n, h in [table[d]]]
+    rows = [row for d in sorted(by_dataset, key=_dataset_order) for row in by_dataset[d]]
+    return _table(["Dataset", "Method", "Backbone", "Shots", "Seeds", "Base", "Novel", "HM"], rows)
+
+
+def transfer_table(rows_in: list[dict[str, Any]], targets: Sequence[str], references: dict[str, dict[str, float]],
+                   average: bool) -> str:
+    columns = ["ImageNet", *targets]
+    rows = []
+    for s in rows_in:
+        acc = s["accuracy"]
+        cells = [_pm(acc[t]["mean"], acc[t]["std"], len(acc[t]["values"])) if t in acc else "–" for t in columns]
+        row = [label(s["method"], s["tag"]), s["backbone"], s["shots"], _seeds(s["seeds"]), *cells]
+        if average:
+            a = s["average"]
+            row.append(f"{a['accuracy']:.2f}" if a["complete"]
+                       else f"{a['accuracy']:.2f} (average over {len(a['targets'])} targets, incomplete)")
+        rows.append(row)
+    rows += [[f"{m} (reference)", "ViT-B/16", 16, "–", *(f"{r[t]:.2f}" if t in r else "–" for t in columns)]
+             for m, r in references.items()]
+    return _table(["Method", "Backbone", "Shots", "Seeds", *columns, *(["Average"] if average else [])], rows)
+
+
+def groups_table(summary: dict[str, Any]) -> str:
+    rows = []
+    for g in summary["groups"]:
+        accs = ", ".join(f"{e} {_pm(s['mean'], s['std'], len(s['values']))}" for e, s in g["accuracy"].items())
+        rows.append([label(g["method"], g["tag"]), g["backbone"], g["setting"], g["shots"], g["dataset"],
+                     _seeds(g["seeds"]), accs + (f", HM {g['hm']:.2f}" if "hm" in g else "")])
+    return _table(["Method", "Backbone", "Setting", "Shots", "Dataset", "Seeds", "Accuracy (mean ± std)"], rows)
+
+
+def markdown(summary: dict[str, Any], reference: bool) -> str:
+    """results.md: the field's tables with our rows (and, with `reference`, the published rows)."""
+    parts = [f"# Results: {summary['runs_dir']}",
+             f"{summary['num_runs']} runs in {len(summary['groups'])} groups. Mean ± population std over seeds. "
+             "Base-to-novel HM = HM of the seed means; the 11-dataset average takes the mean of per-dataset Base and "
+             "of per-dataset Novel, and its HM is the HM of those two means (not the mean of per-dataset HMs). "
+             "Cross-dataset average = plain mean over the 10 targets."]
+    if summary["base2new"]:
+        parts += ["## Base-to-novel: average over datasets", base2new_average_table(summary, reference),
+                  "## Base-to-novel: per dataset" + (f" (reference rows {ref.PER_DATASET_SOURCE})" if reference
+                                                     else ""),
+                  base2new_dataset_table(summary, reference)]
+    if summary["cross_dataset"]:
+        parts += ["## Cross-dataset: ImageNet (source) -> 10 targets"
+                  + (" (protocol.md holds no reference numbers for this table)" if reference else ""),
+                  transfer_table(summary["cross_dataset"], CROSS_DATASET_TARGETS, {}, average=True)]
+    if summary["domain_generalization"]:
+        parts += ["## Domain generalization: ImageNet (source) -> variants"
+                  + (f" (reference rows {ref.DG_SOURCE})" if reference else ""),
+                  transfer_table(summary["domain_generalization"], IMAGENET_VARIANTS,
+                                 ref.DOMAIN_GENERALIZATION if reference else {}, average=False)]
+    parts += ["## Every group", groups_table(summary)]
+    if summary.get("plots"):
+        parts += ["## Plots", "\n".join(f"![{p}]({p})" for p in summary["plots"])]
+    return "\n\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+
+def _slug(*parts: Any) -> str:
+    return "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", str(p)).strip("-") for p in parts if str(p))
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_base2new_bars(summary: dict[str, Any], path: str) -> None:
+    """Grouped bars: Base, Novel and HM per dataset (plus the average), one bar per method."""
+    plt = _pyplot()
+    systems = summary["base2new"]
+    names = sorted({d for s in systems for d in s["datasets"]}, key=_dataset_order) + ["Average"]
+    fig, axes = plt.subplots(3, 1, figsize=(max(6.0, 0.9 * len(names) * max(1, len(systems)) ** 0.5), 9),
+                             sharex=True)
+    width = 0.8 / len(systems)
+    x = np.arange(len(names))
+    for i, s in enumerate(systems):
+        values = {**s["datasets"], "Average": s["average"]}
+        for ax, metric in zip(axes, ("base", "new", "hm")):
+            ys = [values[d][metric] if d in values else np.nan for d in names]
+            ax.bar(x + (i - (len(systems) - 1) / 2) * width, ys, width, label=_bar_label(s))
+    for ax, title in zip(axes, ("Base accuracy", "Novel accuracy", "HM")):
+        ax.set_ylabel(f"{title} (%)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize="small", loc="lower left", bbox_to_anchor=(0, 1.02), ncol=min(3, len(systems)))
+    axes[-1].set_xticks(x, names, rotation=45, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _bar_label(s: dict[str, Any]) -> str:
+    a = s["average"]
+    average = "" if a["complete"] else f"; average over {len(a['datasets'])} datasets, incomplete"
+    return f"{label(s['method'], s['tag'])} ({s['backbone']}, {s['shots']} shots{average})"
+
+
+def prompt_length_points(groups: list[Group], summary: dict[str, Any]) -> dict[tuple, dict[str, list[tuple]]]:
+    """(setting, dataset, backbone, shots) -> method -> [(text, vision, {eval: mean})], complete averages included."""
+    points: dict[tuple, dict[str, list[tuple]]] = defaultdict(lambda: defaultdict(list))
+    for g in groups:
+        k, pl = g.key, g.prompt_length
+        values = {e: s.mean for e, s in g.stats.items()} | ({"HM": g.hm} if g.hm is not None else {})
+        points[(k.setting, k.dataset, k.backbone, k.shots)][k.method].append((pl["text"], pl["vision"], values))
+    lengths = {(g.key.method, g.key.tag, g.key.backbone, g.key.shots): g.prompt_length for g in groups
+               if g.key.setting == "base2new"}
+    for s in summary["base2new"]:
+        if s["average"]["complete"]:
+            pl = lengths[(s["method"], s["tag"], s["backbone"], s["shots"])]
+            a = s["average"]
+            points[("base2new", "average", s["backbone"], s["shots"])][s["method"]].append(
+                (pl["text"], pl["vision"], {"base": a["base"], "new": a["new"], "HM": a["hm"]}))
+    return {k: v for k, v in points.items() if any(len({p[:2] for p in ps}) > 1 for ps in v.values())}
+
+
+def plot_prompt_length(where: tuple, by_method: dict[str, list[tuple]], path: str) -> None:
+    """Mean accuracy against the number of prompt tokens, one line per method per eval."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    setting, dataset, backbone, shots = where
+    fig, ax = plt.subplots(figsize=(6, 4))
+    axes_used = set()
+    for i, (method, ps) in enumerate(sorted(by_method.items())):
+        axis = 0 if len({p[0] for p in ps}) > 1 else 1
+        axes_used.add(("text", "vision")[axis])
+        ps = sorted(ps, key=lambda p: p[axis])
+        for j, e in enumerate(ps[0][2]):
+            ax.plot([p[axis] for p in ps], [p[2].get(e, np.nan) for p in ps], marker="o", color=f"C{i % 10}",
+                    linestyle=("-", "--", ":", "-.")[j % 4], label=f"{method} {e}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(" / ".join(sorted(axes_used)) + " prompt tokens")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{dataset} ({setting}, {backbone}, {shots} shots)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def mean_history(group: Group) -> list[dict[str, Any]]:
+    """The seeds' per-epoch evaluations averaged, over the (phase, epoch) points every seed has."""
+    histories = [r.results.get("history") or [] for r in group.runs]
+    if not all(histories):
+        return []
+    keyed = [{(h["phase"], h["epoch"]): h for h in hist} for hist in histories]
+    out = []
+    for h in histories[0]:
+        point = (h["phase"], h["epoch"])
+        if all(point in k for k in keyed):
+            evals = [e for e in h if e not in _HISTORY_META]
+            out.append({"phase": h["phase"], "epoch": h["epoch"],
+                        **{e: float(np.mean([k[point][e] for k in keyed])) for e in evals}})
+    return out
+
+
+def plot_history(title: str, histories: dict[str, list[dict[str, Any]]], path: str) -> None:
+    """Accuracy of each eval against the epoch (counted over all phases), one panel per dataset."""
+    plt = _pyplot()
+    n = len(histories)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, (dataset, hist) in zip(axes.flat, histories.items()):
+        x = np.arange(1, len(hist) + 1)
+        for e in [k for k in hist[0] if k not in _HISTORY_META]:
+            ax.plot(x, [h[e] for h in hist], marker=".", label=e)
+        for i in range(1, len(hist)):
+            if hist[i]["phase"] != hist[i - 1]["phase"]:
+                ax.axvline(i + 0.5, color="grey", linestyle=":")
+        ax.set_title(f"{dataset} (phases {' > '.join(dict.fromkeys(h['phase'] for h in hist))})", fontsize="small")
+        ax.set_xlabel("epoch (all phases)")
+        ax.set_ylabel("accuracy (%)")
+        ax.legend(fontsize="x-small")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_plots(groups: list[Group], summary: dict[str, Any], out_dir: str) -> list[str]:
+    """Every PNG this report can draw; returns their file names (relative to `out_dir`)."""
+    names = []
+    if summary["base2new"]:
+        names.append("base2new_bars.png")
+        plot_base2new_bars(summary, os.path.join(out_dir, names[-1]))
+    for where, by_method in sorted(prompt_length_points(groups, summary).items()):
+        names.append(f"prompt_length_{_slug(*where)}.png")
+        plot_prompt_length(where, by_method, os.path.join(out_dir, names[-1]))
+    systems: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(dict)
+    for g in groups:
+        hist = mean_history(g)
+        if hist:
+            k = g.key
+            systems[(k.method, k.tag, k.backbone, k.setting, k.shots)][k.dataset] = hist
+    for (method, tag, backbone, setting, shots), histories in sorted(systems.items()):
+        names.append(f"history_{_slug(method, tag, backbone, setting, shots)}.png")
+        plot_history(f"{label(method, tag)}: {setting}, {backbone}, {shots} shots", histories,
+                     os.path.join(out_dir, names[-1]))
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+def report(runs_dir: str, out_dir: str | None = None, reference: bool = False, skip_unfinished: bool = False,
+           plots: bool = True) -> dict[str, Any]:
+    """Reads every run below `runs_dir`, writes results.md, results.json and PNGs to `out_dir`; returns the summary."""
+    out_dir = out_dir or runs_dir
+    groups = group_runs(find_runs(runs_dir, skip_unfinished))
+    summary = summarize(runs_dir, groups, reference)
+    os.makedirs(out_dir, exist_ok=True)
+    summary["plots"] = write_plots(groups, summary, out_dir) if plots else []
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown(summary, reference))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aple_jax.report", description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", help="directory searched recursively for run directories (results.json)")
+    parser.add_argument("--out", help="where results.md, results.json and the PNGs go (default: RUNS_DIR)")
+    parser.add_argument("--reference", action="store_true", help="add the published rows of protocol.md §6")
+    parser.add_argument("--skip-unfinished", action="store_true",
+                        help="leave out run directories without results.json instead of failing")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    try:
+        summary = report(args.runs_dir, args.out, args.reference, args.skip_unfinished, not args.no_plots)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or args.runs_dir
+    print(f"{summary['num_runs']} runs, {len(summary['groups'])} groups -> {os.path.join(out, 'results.md')}, "
+          f"{os.path.join(out, 'results.json')}, {len(summary['plots'])} plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""report.py over hand-written run directories: seed means and stds, HM of means, the 11-dataset rule, transfer
+tables, PNGs, and the errors for unfinished, incompatible or missing runs."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from aple_jax import reference_numbers as ref
+from aple_jax import report as R
+
+DATASETS = R.BASE2NEW_DATASETS
+SEEDS = (1, 2, 3)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def hm(b: float, n: float) -> float:
+    return 2 * b * n / (b + n)
+
+
+def accuracies(method: str, dataset: str, seed: int) -> tuple[float, float]:
+    """Fixture numbers with very different base/novel gaps per dataset (so the mean of HMs != HM of means)."""
+    if dataset == "OxfordPets" and method == "aple":   # hand-computed in test_per_dataset_stats
+        return {1: (95.0, 97.5), 2: (96.0, 97.0), 3: (97.0, 96.5)}[seed]
+    i = DATASETS.index(dataset)
+    bump = 1.5 if method == "maple" else 0.0
+    return 90.0 - 4 * i + bump + 0.5 * seed, 40.0 + 5 * i - bump - 0.25 * seed
+
+
+def write_run(root: Path, method: str, dataset: str, seed: int, accuracy: dict[str, float], *,
+              setting: str = "base2new", tag: str = "", backbone: str = "ViT-B/16", shots: int = 16,
+              n_ctx: int = 4, lr: float = 0.0025, history: list | None = None, result_name: str | None = None,
+              eval_datasets: tuple[str, ...] = ()) -> Path:
+    path = root / (method + (f"-{tag}" if tag else "")) / setting / dataset / f"shots_{shots}" / f"seed{seed}"
+    path.mkdir(parents=True)
+    config = {"method": method, "tag": tag, "seed": seed, "setting": setting,
+              "dataset": {"name": dataset, "root": f"/mnt{seed}/data", "shots": shots, "num_workers": seed,
+                          "eval_datasets": list(eval_datasets)},
+              "backbone": {"name": backbone, "weights": f"/mnt{seed}/w"},
+              "prompts": {"text": {"n_ctx": n_ctx}, "vision": {"n_ctx": n_ctx}},
+              "optim": {"lr": lr}, "log_every": 10 * seed}    # paths and operational keys differ across seeds
+    results = {"method": method, "dataset": result_name or dataset, "setting": setting, "seed": seed,
+               "shots": shots, "backbone": backbone, "tag": tag, "prompt_length": {"text": n_ctx, "vision": n_ctx},
+               "evals": {k: {"accuracy": v, "per_class_accuracy": [], "num_examples": 10}
+                         for k, v in accuracy.items()},
+               "accuracy": accuracy, "history": history or [], "compilations": {}, "seconds": 1.0,
+               "num_devices": 1, "config": config}
+    if "base" in accuracy:
+        results["hm"] = hm(accuracy["base"], accuracy["new"])
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "results.json").write_text(json.dumps(results))
+    return path
+
+
+def history(seed: int) -> list[dict]:
+    return [{"phase": p, "epoch": e, "step": 10 * k, "base": 50.0 + k + seed, "new": 40.0 + k - seed}
+            for k, (p, e) in enumerate([("LV", 1), ("LV", 2), ("Stage2", 1), ("Stage2", 2)])]
+
+
+XD_TARGETS = ("ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
+              "SUN397", "DTD", "EuroSAT", "UCF101")
+DG_TARGETS = ("ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
+
+
+def xd_accuracy(target: str, seed: int) -> float:
+    return 60.0 + 2 * XD_TARGETS.index(target) + seed
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """aple and maple: 11 datasets x 3 seeds; aple [ctx8]: 5 datasets; maple cross-dataset and DG transfer."""
+    root = tmp_path_factory.mktemp("runs")
+    for method in ("aple", "maple"):
+        for d in DATASETS:
+            for s in SEEDS:
+                b, n = accuracies(method, d, s)
+                write_run(root, method, d, s, {"base": b, "new": n},
+                          history=history(s) if method == "aple" and d == "OxfordPets" else None,
+                          result_name="DescribableTextures" if d == "DTD" else None)
+    for d in DATASETS[:5]:
+        for s in SEEDS:
+            b, n = accuracies("aple", d, s)
+            write_run(root, "aple", d, s, {"base": b + 1, "new": n + 2}, tag="ctx8", n_ctx=8)
+    for s in SEEDS:
+        # same method and tag, different target lists: two groups, not a conflict
+        write_run(root / "xd", "maple", "ImageNet", s, {t: xd_accuracy(t, s) for t in XD_TARGETS},
+                  setting="transfer", eval_datasets=XD_TARGETS)
+        write_run(root / "dg", "maple", "ImageNet", s, {t: 50.0 + DG_TARGETS.index(t) + s for t in DG_TARGETS},
+                  setting="transfer", eval_datasets=DG_TARGETS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def summary(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return R.report(str(runs), str(out), reference=True), out
+
+
+def _system(summary_dict, method, tag=""):
+    return next(s for s in summary_dict["base2new"] if s["method"] == method and s["tag"] == tag)
+
+
+def test_per_dataset_stats(summary):
+    pets = _system(summary[0], "aple")["datasets"]["OxfordPets"]
+    assert pets["base"] == pytest.approx(96.0)
+    assert pets["base_std"] == pytest.approx(math.sqrt(2 / 3))          # population std of 95, 96, 97
+    assert pets["new"] == pytest.approx(97.0)
+    assert pets["new_std"] == pytest.approx(math.sqrt(1 / 6))           # of 97.5, 97, 96.5
+    assert pets["hm"] == pytest.approx(2 * 96 * 97 / 193)               # HM of the means, 96.497...
+    assert pets["seeds"] == [1, 2, 3]
+    assert "DTD" in _system(summary[0], "aple")["datasets"]            # DescribableTextures -> table name
+
+
+def test_eleven_dataset_average_is_hm_of_averages(summary):
+    for method in ("aple", "maple"):
+        avg = _system(summary[0], method)["average"]
+        base = statistics.mean(statistics.mean(accuracies(method, d, s)[0] for s in SEEDS) for d in DATASETS)
+        new = statistics.mean(statistics.mean(accuracies(method, d, s)[1] for s in SEEDS) for d in DATASETS)
+        mean_of_hms = statistics.mean(
+            hm(statistics.mean(accuracies(method, d, s)[0] for s in SEEDS),
+               statistics.mean(accuracies(method, d, s)[1] for s in SEEDS)) for d in DATASETS)
+        assert avg["complete"] and avg["datasets"] == list(DATASETS)
+        assert avg["base"] == pytest.approx(base) and avg["new"] == pytest.approx(new)
+        assert avg["hm"] == pytest.approx(hm(base, new))
+        assert abs(avg["hm"] - mean_of_hms) > 1.0                       # the fixture tells the two rules apart
+
+
+def test_incomplete_average_is_labelled(summary):
+    s, out = summary
+    avg = _system(s, "aple", "ctx8")["average"]
+    assert not avg["complete"] and len(avg["datasets"]) == 5
+    base = statistics.mean(statistics.mean(accuracies("aple", d, x)[0] + 1 for x in SEEDS) for d in DATASETS[:5])
+    assert avg["base"] == pytest.approx(base)
+    assert "| aple [ctx8] | ViT-B/16 | 16 | average over 5 datasets (incomplete) |" in (out / "results.md").read_text()
+
+
+def test_transfer_tables(summary):
+    s, out = summary
+    (xd,) = s["cross_dataset"]
+    assert xd["method"] == "maple" and xd["source"] == "ImageNet" and xd["seeds"] == [1, 2, 3]
+    per_target = {t: statistics.mean(xd_accuracy(t, x) for x in SEEDS) for t in XD_TARGETS}
+    assert xd["accuracy"]["DTD"]["mean"] == pytest.approx(per_target["DTD"])
+    assert xd["average"]["complete"]
+    assert xd["average"]["accuracy"] == pytest.approx(statistics.mean(per_target[t] for t in XD_TARGETS[1:]))
+    (dg,) = s["domain_generalization"]
+    assert dg["accuracy"]["ImageNetA"]["mean"] == pytest.approx(50.0 + 3 + 2)
+    assert "average" not in dg
+    md = (out / "results.md").read_text()
+    assert "| MaPLe (reference) | ViT-B/16 | 16 | – | 70.72 | 64.07 | 49.15 | 50.90 | 76.98 |" in md
+
+
+def test_markdown_rows_side_by_side_with_reference(summary):
+    md = (summary[1] / "results.md").read_text()
+    assert "| OxfordPets | aple | ViT-B/16 | 16 | 1,2,3 | 96.00 ± 0.82 | 97.00 ± 0.41 | 96.50 |" in md
+    assert "| OxfordPets | PromptSRC (reference) | ViT-B/16 | 16 | – | 95.33 | 97.30 | 96.30 |" in md
+    assert "| MaPLe (reference) | ViT-B/16 | 16 | 11 | 82.28 | 75.14 | 78.55 | README: MaPLe |" in md
+    saved = json.loads((summary[1] / "results.json").read_text())
+    assert saved["kind"] == R.REPORT_KIND and len(saved["groups"]) == 22 + 5 + 2
+
+
+def test_pngs_are_written(summary):
+    s, out = summary
+    names = s["plots"]
+    assert "base2new_bars.png" in names
+    assert sum(n.startswith("prompt_length_base2new_") for n in names) == 5     # aple 4 vs 8 tokens, 5 datasets
+    assert any(n.startswith("history_aple_ViT-B-16_base2new") for n in names)
+    for name in names:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 1000, name
+
+
+def test_mean_history_over_seeds(runs):
+    group = next(g for g in R.group_runs(R.find_runs(str(runs)))
+                 if g.key.method == "aple" and not g.key.tag and g.key.dataset == "OxfordPets")
+    hist = R.mean_history(group)
+    assert [(h["phase"], h["epoch"]) for h in hist] == [("LV", 1), ("LV", 2), ("Stage2", 1), ("Stage2", 2)]
+    assert hist[2]["base"] == pytest.approx(54.0) and hist[2]["new"] == pytest.approx(40.0)
+
+
+def test_report_into_runs_dir_skips_its_own_aggregate(tmp_path):
+    for s in SEEDS:
+        write_run(tmp_path, "aple", "DTD", s, {"base": 80.0 + s, "new": 60.0})
+    for _ in range(2):
+        summary = R.report(str(tmp_path), plots=False)
+        assert summary["num_runs"] == 3
+    assert (tmp_path / "results.md").exists()
+
+
+def test_few_shot_groups_by_shots(tmp_path):
+    for shots in (1, 16):
+        write_run(tmp_path, "coop", "DTD", 1, {"all": 40.0 + shots}, setting="all", shots=shots)
+    groups = R.group_runs(R.find_runs(str(tmp_path)))
+    assert [(g.key.shots, g.stats["all"].mean) for g in groups] == [(1, 41.0), (16, 56.0)]
+
+
+def test_unfinished_run_is_named(tmp_path):
+    write_run(tmp_path, "aple", "DTD", 1, {"base": 80.0, "new": 60.0})
+    unfinished = tmp_path / "aple" / "base2new" / "DTD" / "shots_16" / "seed2"
+    (unfinished / "checkpoints" / "40").mkdir(parents=True)
+    (unfinished / "config.json").write_text("{}")
+    with pytest.raises(R.ReportError) as e:
+        R.find_runs(str(tmp_path))
+    assert str(unfinished) in str(e.value) and "has not finished" in str(e.value)
+    assert len(R.find_runs(str(tmp_path), skip_unfinished=True)) == 1
+
+
+@pytest.mark.parametrize("change, key", [(dict(backbone="ViT-L/14"), "backbone.name"),
+                                         (dict(shots=8), "dataset.shots"),
+                                         (dict(lr=0.01), "optim.lr"),
+                                         (dict(n_ctx=8), "prompts.text.n_ctx")])
+def test_incompatible_configs_name_both_runs_and_keys(tmp_path, change, key):
+    a = write_run(tmp_path, "aple", "DTD", 1, {"base": 80.0, "new": 60.0})
+    b = write_run(tmp_path / "other", "aple", "DTD", 2, {"base": 81.0, "new": 61.0}, **change)
+    with pytest.raises(R.ReportError) as e:
+        R.group_runs(R.find_runs(str(tmp_path)))
+    assert str(a) in str(e.value) and str(b) in str(e.value) and key in str(e.value)
+
+
+def test_duplicate_seed_is_an_error(tmp_path):
+    write_run(tmp_path, "aple", "DTD", 1, {"base": 80.0, "new": 60.0})
+    write_run(tmp_path / "copy", "aple", "DTD", 1, {"base": 80.0, "new": 60.0})
+    with pytest.raises(R.ReportError, match="same run"):
+        R.group_runs(R.find_runs(str(tmp_path)))
+
+
+def test_empty_missing_and_malformed_inputs(tmp_path, capsys):
+    with pytest.raises(R.ReportError, match="no results.json found below"):
+        R.find_runs(str(tmp_path))
+    with pytest.raises(R.ReportError, match="does not exist"):
+        R.find_runs(str(tmp_path / "nope"))
+    bad = tmp_path / "x" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text("{not json")
+    with pytest.raises(R.ReportError, match=f"{bad} is not valid JSON"):
+        R.find_runs(str(tmp_path))
+    bad.write_text(json.dumps({"method": "aple"}))
+    with pytest.raises(R.ReportError, match="lacks keys"):
+        R.find_runs(str(tmp_path))
+    assert R.main([str(tmp_path / "nope")]) == 2
+    assert "error: runs directory" in capsys.readouterr().err
+
+
+def test_format_run_unchanged():
+    table = R.format_run({"method": "aple", "dataset": "DTD", "seed": 1, "accuracy": {"base": 80.0, "new": 60.0},
+                          "hm": 68.571})
+    assert table.splitlines()[-1] == "| aple | DTD | 1 | 80.00 | 60.00 | 68.57 |"
+
+
+def test_reference_numbers_are_internally_consistent():
+    """Catches transcription slips: HM = 2BN/(B+N) and per-dataset means = the README averages, to 0.01."""
+    names = {"CLIP": "CLIP (hand-crafted)"}
+    for method, table in ref.BASE2NEW_PER_DATASET.items():
+        assert set(table) == set(DATASETS)
+        for b, n, h in table.values():
+            assert hm(b, n) == pytest.approx(h, abs=0.006)
+        base, new, _, _ = ref.BASE2NEW_AVERAGE[names.get(method, method)]
+        assert statistics.mean(v[0] for v in table.values()) == pytest.approx(base, abs=0.01)
+        assert statistics.mean(v[1] for v in table.values()) == pytest.approx(new, abs=0.01)
+    for method, (b, n, h, _) in ref.BASE2NEW_AVERAGE.items():
+        if method not in ("RPO", "HPT"):     # as printed in the awesome-list README, HM is off by ~0.2
+            assert hm(b, n) == pytest.approx(h, abs=0.01), method

@@ -1,0 +1,133 @@
+"""sweep.py: expansion into run directories, launch.py commands that resolve to the same configs, skipping finished
+runs, and one real tiny run through the in-process runner."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from aple_jax import report, sweep
+from configs import aple as aple_config
+
+B2N = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft", "SUN397",
+       "DTD", "EuroSAT", "UCF101"]
+
+
+def test_expand_datasets():
+    assert sweep.expand_datasets("base2new11") == B2N
+    assert sweep.expand_datasets("OxfordPets, DTD,") == ["OxfordPets", "DTD"]
+    with pytest.raises(ValueError, match="unknown dataset 'Foo'"):
+        sweep.expand_datasets("OxfordPets,Foo")
+
+
+def test_plan_expands_configs_datasets_seeds(tmp_path):
+    runs = sweep.plan(["configs/aple.py", "configs/maple.py"], B2N, [1, 2, 3], "data=/DATA,weights=/w", [],
+                      str(tmp_path))
+    assert len(runs) == 2 * 11 * 3
+    assert len({r.workdir for r in runs}) == len(runs)
+    pets = next(r for r in runs if r.config.method == "aple" and r.config.dataset.name == "OxfordPets"
+                and r.config.seed == 2)
+    assert pets.workdir == os.path.join(tmp_path, "aple", "base2new", "OxfordPets", "shots_16", "seed2")
+    assert pets.arg == "dataset=OxfordPets,seed=2,data=/DATA,weights=/w"
+    assert pets.config.dataset.root == "/DATA" and pets.config.backbone.weights == "/w"
+
+
+def test_tags_transfer_and_overrides_in_dirs(tmp_path):
+    (tagged,) = sweep.plan(["configs/aple.py"], ["DTD"], [1], "", ["tag=ctx8", "prompts.text.n_ctx=8",
+                                                                    "adapter.enabled=false"], str(tmp_path))
+    assert tagged.workdir == os.path.join(tmp_path, "aple-ctx8", "base2new", "DTD", "shots_16", "seed1")
+    assert tagged.config.prompts.text.n_ctx == 8 and tagged.config.adapter.enabled is False
+    source = sweep.plan(["configs/maple.py"], [], [2], "dg", ["eval_only_from=runs/maple/xd/seed{seed}"], "r")[0]
+    assert source.config.eval_only_from == "runs/maple/xd/seed2"
+    assert source.command().endswith("--config.eval_only_from=runs/maple/xd/seed2")
+    xd, dg = (sweep.plan(["configs/maple.py"], [], [3], a, [], str(tmp_path))[0] for a in ("xd", "dg"))
+    assert xd.workdir == os.path.join(tmp_path, "maple", "transfer-xd", "ImageNet", "shots_16", "seed3")
+    assert dg.workdir == os.path.join(tmp_path, "maple", "transfer-dg", "ImageNet", "shots_16", "seed3")
+
+
+def test_bad_overrides_and_duplicate_dirs(tmp_path):
+    c = aple_config.get_config()
+    with pytest.raises(KeyError, match="no field 'optim.lrr'"):
+        sweep.apply_override(c, "optim.lrr=0.1")
+    with pytest.raises(ValueError, match="expected true or false"):
+        sweep.apply_override(c, "adapter.enabled=maybe")
+    with pytest.raises(ValueError, match="expected a value like 20"):
+        sweep.apply_override(c, "optim.epochs=many")
+    with pytest.raises(ValueError, match="share a run directory"):
+        sweep.plan(["configs/aple.py"], ["DTD", "dtd"], [1], "", [], str(tmp_path))
+
+
+def parse_launch_command(line: str, monkeypatch):
+    """The (config, workdir) launch.py would get from a printed command, parsed by absl as launch.py does."""
+    words = shlex.split(line)
+    assert words[:2] == ["python", "launch.py"]
+    monkeypatch.setattr(sys, "argv", words[1:])
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+    flags.DEFINE_string("workdir", None, "", flag_values=fv)
+    fv(words[1:])
+    return fv.config, fv.workdir
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")   # inside ml_collections
+def test_print_commands_resolve_to_the_planned_configs(tmp_path, capsys, monkeypatch):
+    argv = ["--configs", "configs/aple.py,configs/coop.py", "--datasets", "OxfordPets,DTD", "--seeds", "1,2",
+            "--args", "data=/DATA,weights=/w", "--override", "tag=lr01", "--override", "optim.lr=0.01",
+            "--runs-dir", str(tmp_path)]
+    planned = sweep.plan(["configs/aple.py", "configs/coop.py"], ["OxfordPets", "DTD"], [1, 2],
+                         "data=/DATA,weights=/w", ["tag=lr01", "optim.lr=0.01"], str(tmp_path))
+    finished = planned[3]
+    os.makedirs(finished.workdir)
+    with open(os.path.join(finished.workdir, "results.json"), "w") as f:
+        json.dump({"config": finished.config.to_dict()}, f)
+    assert sweep.main(argv + ["--print-commands"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 8 - 1
+    assert f"skip {finished.workdir}: results.json exists (finished)" in err
+    for line, run in zip(lines, [r for r in planned if r is not finished]):
+        config, workdir = parse_launch_command(line, monkeypatch)
+        assert workdir == run.workdir
+        assert config.to_dict() == run.config.to_dict()
+        assert config.optim.lr == 0.01 and config.tag == "lr01"
+    assert not os.path.exists(planned[0].workdir)      # printing creates nothing
+
+
+def test_finished_run_of_another_config_is_not_skipped_silently(tmp_path):
+    (run,) = sweep.plan(["configs/aple.py"], ["DTD"], [1], "", [], str(tmp_path))
+    os.makedirs(run.workdir)
+    other = run.config.to_dict()
+    other["optim"]["lr"] = 0.5
+    with open(os.path.join(run.workdir, "results.json"), "w") as f:
+        json.dump({"config": other}, f)
+    with pytest.raises(ValueError, match=r"holds results of another config \(differs in \['optim.lr'\]\)"):
+        sweep.check_finished(run)
+
+
+def test_dry_run_lists_without_running(tmp_path, capsys):
+    assert sweep.main(["--configs", "configs/ivlp.py", "--datasets", "DTD", "--seeds", "1,2,3", "--dry-run",
+                       "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"[1/3] would run {os.path.join(tmp_path, 'ivlp', 'base2new', 'DTD', 'shots_16', 'seed1')}"
+    assert len(out) == 3 and not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_real_tiny_run_then_skip(tmp_path, capsys):
+    argv = ["--configs", "configs/zeroshot.py", "--args", "demo", "--seeds", "1", "--runs-dir", str(tmp_path)]
+    assert sweep.main(argv) == 0
+    workdir = os.path.join(tmp_path, "zeroshot", "base2new", "Synthetic", "shots_16", "seed1")
+    out = capsys.readouterr().out
+    assert f"[1/1] run {workdir}" in out and "| zeroshot | Synthetic | 1 |" in out
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    assert set(results["accuracy"]) == {"base", "new"}
+    assert sweep.main(argv) == 0
+    assert f"[1/1] skip {workdir}: results.json exists (finished)" in capsys.readouterr().out
+    summary = report.report(str(tmp_path), plots=False)
+    assert summary["num_runs"] == 1 and summary["base2new"][0]["datasets"]["Synthetic"]["seeds"] == [1]
