@@ -52,6 +52,9 @@ def load_backbone(name: str, weights: str, tokenizer_path: str = "", dtype: str 
     """(backbone, fp32 params, tokenizer) from a weights path, or random weights for the 'tiny' preset."""
     if dtype not in DTYPES:
         raise ValueError(f"backbone.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
+    if name == "world" and not weights:   # the tiny CLIP pretrained on the procedural world, shipped in the repo
+        from aple_jax.world import WORLD_CLIP_DIR
+        weights = WORLD_CLIP_DIR
     if weights:
         if not os.path.exists(weights):
             raise FileNotFoundError(f"backbone.weights={weights!r} does not exist. {WEIGHTS_HELP}")
