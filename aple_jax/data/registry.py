@@ -111,8 +111,13 @@ def build_dataset(name: str, root: str | None = None, *, shots: int, seed: int, 
     name: a CoOp dataset ("OxfordPets", "oxford_pets", ...), "tfds:<builder>" (root = TFDS data_dir; option
     `classnames_file` for the ImageNet family), "custom" (options `split_file`, `image_root`, `template`) or
     "synthetic" (options num_classes, train_per_class, val_per_class, test_per_class, image_size; the other
-    sources ignore these, so one config can carry them for every dataset).
+    sources ignore these, so one config can carry them for every dataset), or "world:<name>" (the procedural
+    world of docs/world.md, at its own sizes: the synthetic options do not apply).
     """
+    if name.startswith("world:"):   # the built-in procedural world (docs/world.md); imported here to avoid a cycle
+        from aple_jax.world import build_world_dataset
+        return build_world_dataset(name[len("world:"):], shots=shots, seed=seed, subsample=subsample,
+                                   strict_shots=strict_shots)
     proto = _Protocol(shots, seed, subsample, strict_shots)
     select_classes([], subsample)  # validates `subsample` before any file is read
     canonical = None if name.startswith("tfds:") else canonical_name(name)

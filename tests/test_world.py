@@ -1,0 +1,183 @@
+"""The procedural world: rendering, captions, datasets under CoOp's protocol, BPE, pretraining, the shipped CLIP."""
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+
+from aple_jax.clip.tokenizer import Tokenizer
+from aple_jax.world import (BASE_DATASETS, SHIFTS, WORLD_CLIP_DIR, WORLD_DATASETS, build_world_dataset,
+                            zero_shot_accuracy)
+from aple_jax.world.attributes import ATTRIBUTES, COLOURS, SHAPES, sample_attributes, sample_groups
+from aple_jax.world.captions import captions
+from aple_jax.world.datasets import SPECS, interleave
+from aple_jax.world.render import render
+from aple_jax.world.shifts import apply_shift
+
+
+def test_render_is_deterministic_and_vectorised():
+    attrs = sample_attributes(np.random.default_rng(0), 16)
+    a = render(attrs, np.random.default_rng(1), 64)
+    b = render(attrs, np.random.default_rng(1), 64)
+    assert a.shape == (16, 64, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert a.std() > 20  # not blank
+
+
+def test_sample_attributes_fixes_and_validates():
+    attrs = sample_attributes(np.random.default_rng(0), 8, {"shape": 3, "count": 0})
+    assert set(attrs) == set(ATTRIBUTES) and (attrs["shape"] == 3).all() and (attrs["count"] == 0).all()
+    with pytest.raises(ValueError, match="unknown world attributes"):
+        sample_attributes(np.random.default_rng(0), 2, {"hue": 1})
+    with pytest.raises(ValueError, match="'shape' must lie in 0..7"):
+        sample_attributes(np.random.default_rng(0), 2, {"shape": 8})
+
+
+@pytest.mark.parametrize("shift", SHIFTS)
+def test_shifts_change_images(shift):
+    rng = np.random.default_rng(0)
+    images = render(sample_attributes(rng, 4), rng, 64)
+    out = apply_shift(images, shift, rng)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - images).mean() > 5
+
+
+def test_groups_differ_in_one_named_attribute():
+    attrs, varying = sample_groups(np.random.default_rng(0), 64, 4)
+    texts = captions(attrs, random.Random(0), varying)
+    for g in range(16):
+        rows = slice(4 * g, 4 * g + 4)
+        same = [k for k, v in attrs.items() if (v[rows] == v[4 * g]).all()]
+        assert set(ATTRIBUTES) - set(same) <= {varying[4 * g]}
+    words = {"shape": SHAPES, "colour": tuple(COLOURS)}
+    for text, name, i in zip(texts, varying, range(64)):
+        if name in words:
+            assert words[name][attrs[name][i]] in text, (text, name)
+
+
+def test_captions_name_the_attributes():
+    attrs = sample_attributes(np.random.default_rng(0), 200)
+    texts = captions(attrs, random.Random(0))
+    assert len(texts) == 200 and len(set(texts)) > 100
+    assert any(t.startswith("a photo of a ") for t in texts) and any(t.endswith(" texture.") for t in texts)
+
+
+def test_interleave_prefix_covers_both_factors():
+    pairs = interleave(8, 8)
+    assert len(set(pairs)) == 64
+    base = pairs[:32]
+    assert {a for a, _ in base} == set(range(8)) and {b for _, b in base} == set(range(8))
+
+
+def test_dataset_names_and_sizes():
+    assert len(WORLD_DATASETS) == len(BASE_DATASETS) * (1 + len(SHIFTS))
+    assert max(len(SPECS[d].classnames) for d in BASE_DATASETS) >= 20
+    with pytest.raises(ValueError, match="unknown world dataset 'WorldCats'"):
+        build_world_dataset("WorldCats", shots=1, seed=1)
+
+
+def test_build_world_dataset_follows_coop_protocol():
+    full = build_world_dataset("WorldObjects", shots=4, seed=1, train_per_class=8, test_per_class=3)
+    base = build_world_dataset("WorldObjects", shots=4, seed=1, subsample="base", train_per_class=8,
+                               test_per_class=3)
+    new = build_world_dataset("WorldObjects", shots=4, seed=1, subsample="new", train_per_class=8, test_per_class=3)
+    assert full.num_classes == 64 and base.num_classes == 32 and new.num_classes == 32
+    assert base.classnames == full.classnames[:32] and new.classnames == full.classnames[32:]
+    assert len(base.train) == 32 * 4 and len(base.val) == 32 * 4 and len(base.test) == 32 * 3
+    assert sorted(set(new.test.labels.tolist())) == list(range(32))
+    assert new.template.format(new.classnames[0]) == f"a photo of a {full.classnames[32]}."
+    item = new.test[0]
+    assert item["image"].shape == (64, 64, 3) and item["image"].dtype == np.uint8 and item["label"] == 0
+    np.testing.assert_array_equal(item["image"], full.test[32 * 3]["image"])  # same image, relabelled
+
+
+def test_fewshot_sample_depends_on_seed_images_do_not():
+    a = build_world_dataset("WorldShapes", shots=2, seed=1, train_per_class=8)
+    b = build_world_dataset("WorldShapes", shots=2, seed=2, train_per_class=8)
+    assert [r.key for r in a.train.records] != [r.key for r in b.train.records]
+    np.testing.assert_array_equal(a.test[5]["image"], b.test[5]["image"])
+    c = build_world_dataset("WorldShapes", shots=2, seed=1, train_per_class=8, world_seed=1)
+    assert not np.array_equal(a.test[5]["image"], c.test[5]["image"])
+
+
+def test_shifted_variant_renders_the_same_scene_shifted():
+    plain = build_world_dataset("WorldScenes", shots=0, seed=1, test_per_class=2)
+    shifted = build_world_dataset("WorldScenes-Invert", shots=0, seed=1, test_per_class=2)
+    assert shifted.classnames == plain.classnames and shifted.template == plain.template
+    np.testing.assert_array_equal(shifted.test[7]["image"], 255 - plain.test[7]["image"])
+
+
+def test_world_bpe_is_clip_format(tmp_path):
+    from aple_jax.world.bpe import learn_merges, write_vocabulary
+
+    lines = captions(sample_attributes(np.random.default_rng(0), 300), random.Random(0))
+    size = write_vocabulary(str(tmp_path), learn_merges(lines, max_merges=200))
+    tok = Tokenizer.from_path(str(tmp_path))
+    assert tok.vocab_size == size and tok.eot_id == size - 1 and tok.sot_id == size - 2
+    assert tok.decode(tok.encode("a photo of a red circle.")) == "a photo of a red circle ."
+
+
+def test_hf_export_round_trips_through_load_clip(tmp_path):
+    import jax
+
+    from aple_jax.clip.model import init_params
+    from aple_jax.clip.weights import load_clip, save_hf
+    from aple_jax.world.pretrain import world_clip_config
+
+    cfg = world_clip_config(600, embed_dim=32, vision_layers=2, vision_width=64, text_layers=2, text_width=64)
+    params = init_params(cfg, seed=3)
+    save_hf(str(tmp_path), cfg, params)
+    cfg2, params2 = load_clip(str(tmp_path))
+    assert cfg2 == cfg
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), params2)
+
+
+def test_pretraining_loss_falls_and_resumes_exactly(tmp_path):
+    import shutil
+
+    from aple_jax.world.bpe import learn_merges, write_vocabulary
+    from aple_jax.world.pretrain import PretrainConfig, pretrain, world_clip_config
+
+    lines = captions(sample_attributes(np.random.default_rng(0), 500), random.Random(0))
+    size = write_vocabulary(str(tmp_path / "tok"), learn_merges(lines))
+    tok = Tokenizer.from_path(str(tmp_path / "tok"))
+    cfg = world_clip_config(size, embed_dim=32, vision_layers=2, vision_width=32, vision_heads=1, text_width=32,
+                            text_heads=1, text_layers=2, context_length=20)
+    pc = PretrainConfig(steps=30, batch_size=32, lr=3e-3, warmup=5, ckpt_every=15)
+    workdir = str(tmp_path / "run")
+    params, losses = pretrain(cfg, tok, pc, workdir, progress=False)
+    assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.3, losses
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "30"))  # as if the run had crashed after step 15
+    resumed_params, resumed = pretrain(cfg, tok, pc, workdir, progress=False)
+    np.testing.assert_allclose(resumed, losses, rtol=1e-5)
+    np.testing.assert_allclose(resumed_params["logit_scale"], params["logit_scale"], rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- the shipped CLIP
+
+def _record() -> dict:
+    with open(os.path.join(WORLD_CLIP_DIR, "training.json")) as f:
+        return json.load(f)
+
+
+def test_shipped_clip_loads_through_the_normal_loaders():
+    from aple_jax.clip.backbone import load_backbone
+
+    backbone, params, tokenizer = load_backbone("world", WORLD_CLIP_DIR)
+    assert backbone.cfg.image_resolution == 64 and backbone.cfg.vocab_size == tokenizer.vocab_size
+    assert backbone.cfg.vision_layers == 4 and backbone.cfg.text_layers == 4
+    for name in BASE_DATASETS:  # every class prompt fits with 16 learnt context tokens (CoOp's longest)
+        spec = SPECS[name]
+        tokenizer.tokenize(["X " * 16 + c + "." for c in spec.classnames], backbone.cfg.context_length)
+    record = _record()
+    assert record["seed"] == 0 and record["command"].startswith("python -m aple_jax.world.pretrain")
+    assert set(record["zero_shot"]["top1"]) == set(WORLD_DATASETS)
+
+
+def test_shipped_clip_reproduces_its_recorded_zero_shot_accuracy():
+    record = _record()
+    n = record["zero_shot"]["n_per_class"]
+    acc = zero_shot_accuracy("WorldScenes", n, seed=0)
+    assert acc == record["zero_shot"]["top1"]["WorldScenes"]
+    assert len(SPECS["WorldScenes"].classnames) >= 20 and acc >= 0.6
