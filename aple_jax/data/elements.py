@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from aple_jax.data.transforms import test_transform, train_transform
+from aple_jax.data.transforms import CLIP_CROP_SCALE, test_transform, train_transform
 
 _PERMUTATION, _AUGMENT = 0, 1  # stream tags of the seed sequences
 
@@ -40,8 +40,9 @@ class TrainElement:
     """Local position -> augmented example {"image": float32 (S, S, 3), "label": int32}."""
 
     def __init__(self, source: Sequence[dict[str, Any]], layout: BatchLayout, image_size: int, seed: int,
-                 augment: bool):
+                 augment: bool, crop_scale: tuple[float, float] = CLIP_CROP_SCALE):
         self.source, self.layout, self.image_size, self.seed, self.augment = source, layout, image_size, seed, augment
+        self.crop_scale = tuple(crop_scale)
         self.steps_per_epoch = len(source) // layout.global_batch_size
         self._perm: tuple[int, np.ndarray] | None = None
 
@@ -62,7 +63,7 @@ class TrainElement:
         example = self.source[index]
         if self.augment:
             rng = np.random.default_rng([_AUGMENT, self.seed, epoch, index])
-            image = train_transform(example["image"], self.image_size, rng)
+            image = train_transform(example["image"], self.image_size, rng, self.crop_scale)
         else:
             image = test_transform(example["image"], self.image_size)
         return {"image": image, "label": np.int32(example["label"])}

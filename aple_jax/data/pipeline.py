@@ -14,6 +14,7 @@ from absl import flags
 from jax.sharding import Mesh
 
 from aple_jax.data.elements import BatchLayout, EvalElement, TrainElement
+from aple_jax.data.transforms import CLIP_CROP_SCALE
 from aple_jax.sharding import local_batch_size, shard_batch
 
 PREFETCH_BATCHES = 2
@@ -64,13 +65,14 @@ class TrainLoader(Iterator[dict[str, jax.Array]]):
 
 
 def train_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int, seed: int,
-                 mesh: Mesh, num_workers: int = 0, augment: bool = True) -> TrainLoader:
+                 mesh: Mesh, num_workers: int = 0, augment: bool = True,
+                 crop_scale: tuple[float, float] = CLIP_CROP_SCALE) -> TrainLoader:
     """Seeded per-epoch shuffling, drop-last batches, repeated forever; each process feeds its slice."""
     if len(source) < global_batch_size:
         raise ValueError(f"the training set has {len(source)} images, fewer than the global batch size "
                          f"{global_batch_size}: lower the batch size (drop-last would leave no batch)")
     layout = _layout(global_batch_size, mesh)
-    element = TrainElement(source, layout, image_size, seed, augment)
+    element = TrainElement(source, layout, image_size, seed, augment, crop_scale)
     ds = grain.MapDataset.range(sys.maxsize // global_batch_size * layout.local_batch_size).map(element)
     ds = ds.batch(layout.local_batch_size, drop_remainder=True)
     return TrainLoader(_to_iter(ds, num_workers), mesh, element.steps_per_epoch)

@@ -19,8 +19,11 @@ def normalize(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) * _SCALE - _SHIFT
 
 
+CLIP_CROP_SCALE = (0.08, 1.0)  # the reference trainers' RandomResizedCrop area range
+
+
 def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
-                            scale: tuple[float, float] = (0.08, 1.0),
+                            scale: tuple[float, float] = CLIP_CROP_SCALE,
                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
     """torchvision's `RandomResizedCrop.get_params`: 10 tries of area and log-ratio, then a central fallback."""
     area = height * width
@@ -49,10 +52,11 @@ def _crop(img: Image.Image, box: Box) -> Image.Image:
     return img.crop((left, top, left + w, top + h))
 
 
-def train_transform(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Bicubic RandomResizedCrop(size, scale 0.08-1, ratio 3/4-4/3) -> flip with p=0.5 -> CLIP normalisation."""
+def train_transform(image: np.ndarray, size: int, rng: np.random.Generator,
+                    crop_scale: tuple[float, float] = CLIP_CROP_SCALE) -> np.ndarray:
+    """Bicubic RandomResizedCrop(size, crop_scale, ratio 3/4-4/3) -> flip with p=0.5 -> CLIP normalisation."""
     img = Image.fromarray(image)
-    box = random_resized_crop_box(img.height, img.width, rng)
+    box = random_resized_crop_box(img.height, img.width, rng, scale=crop_scale)
     out = np.asarray(_crop(img, box).resize((size, size), Image.BICUBIC))
     if rng.random() < 0.5:
         out = out[:, ::-1]
