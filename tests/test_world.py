@@ -15,6 +15,8 @@ from aple_jax.world.datasets import SPECS, interleave
 from aple_jax.world.render import render
 from aple_jax.world.shifts import apply_shift
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_render_is_deterministic_and_vectorised():
     attrs = sample_attributes(np.random.default_rng(0), 16)
@@ -133,17 +135,24 @@ def test_hf_export_round_trips_through_load_clip(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), params2)
 
 
-def test_pretraining_loss_falls_and_resumes_exactly(tmp_path):
-    import shutil
-
+def _tiny_world_clip(tmp_path):
+    """(tokenizer learnt on 500 captions, a 2-layer CLIP config of that vocabulary) for pretraining tests."""
     from aple_jax.world.bpe import learn_merges, write_vocabulary
-    from aple_jax.world.pretrain import PretrainConfig, pretrain, world_clip_config
+    from aple_jax.world.pretrain import world_clip_config
 
     lines = captions(sample_attributes(np.random.default_rng(0), 500), random.Random(0))
     size = write_vocabulary(str(tmp_path / "tok"), learn_merges(lines))
-    tok = Tokenizer.from_path(str(tmp_path / "tok"))
     cfg = world_clip_config(size, embed_dim=32, vision_layers=2, vision_width=32, vision_heads=1, text_width=32,
                             text_heads=1, text_layers=2, context_length=20)
+    return Tokenizer.from_path(str(tmp_path / "tok")), cfg
+
+
+def test_pretraining_loss_falls_and_resumes_exactly(tmp_path):
+    import shutil
+
+    from aple_jax.world.pretrain import PretrainConfig, pretrain
+
+    tok, cfg = _tiny_world_clip(tmp_path)
     pc = PretrainConfig(steps=30, batch_size=32, lr=3e-3, warmup=5, ckpt_every=15)
     workdir = str(tmp_path / "run")
     params, losses = pretrain(cfg, tok, pc, workdir, progress=False)
@@ -152,6 +161,31 @@ def test_pretraining_loss_falls_and_resumes_exactly(tmp_path):
     resumed_params, resumed = pretrain(cfg, tok, pc, workdir, progress=False)
     np.testing.assert_allclose(resumed, losses, rtol=1e-5)
     np.testing.assert_allclose(resumed_params["logit_scale"], params["logit_scale"], rtol=1e-5)
+
+
+def test_prompted_pretraining_batch_and_continuation(tmp_path):
+    """--prompt-tokens gives half of each batch random vision prompts; --init-from continues a model's weights."""
+    from aple_jax.clip.model import CLIP, init_params
+    from aple_jax.clip.weights import load_clip, save_hf
+    from aple_jax.world.pretrain import PretrainConfig, contrastive_loss, make_batch, pretrain
+
+    tok, cfg = _tiny_world_clip(tmp_path)
+    batch = make_batch(0, 0, 16, 4, tok, cfg, prompt_tokens=3)
+    assert batch["prompts"].shape == (8, cfg.vision_layers, 3, cfg.vision_width)
+    plain = {k: v for k, v in batch.items() if k != "prompts"}
+    np.testing.assert_array_equal(make_batch(0, 0, 16, 4, tok, cfg)["image"], plain["image"])
+    params = init_params(cfg, seed=1)
+    model = CLIP(cfg)
+    # the random prompts reach the loss (through the prompted half of the images)
+    assert float(contrastive_loss(model, params, batch)) != float(contrastive_loss(model, params, plain))
+
+    save_hf(str(tmp_path / "start"), cfg, params)
+    pc = PretrainConfig(steps=20, batch_size=16, lr=3e-3, warmup=2, prompt_tokens=3)
+    start_cfg, start = load_clip(str(tmp_path / "start"))
+    out, losses = pretrain(start_cfg, tok, pc, None, progress=False, init=start)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+    first = make_batch(0, pc.seed, 16, 4, tok, cfg, prompt_tokens=3)
+    np.testing.assert_allclose(losses[0], float(contrastive_loss(model, start, first)), rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- the shipped CLIP
@@ -171,8 +205,10 @@ def test_shipped_clip_loads_through_the_normal_loaders():
         spec = SPECS[name]
         tokenizer.tokenize(["X " * 16 + c + "." for c in spec.classnames], backbone.cfg.context_length)
     record = _record()
-    assert record["seed"] == 0 and record["command"].startswith("python -m aple_jax.world.pretrain")
-    assert set(record["zero_shot"]["top1"]) == set(WORLD_DATASETS)
+    for stage in (record, record["continued_from"]):   # random init, then prompt-robust continuation
+        assert stage["seed"] == 0 and stage["command"].startswith("python -m aple_jax.world.pretrain")
+        assert set(stage["zero_shot"]["top1"]) == set(WORLD_DATASETS)
+    assert record["pretrain"]["prompt_tokens"] > 0 and "--init-from" in record["command"]
 
 
 def test_shipped_clip_reproduces_its_recorded_zero_shot_accuracy():
@@ -181,3 +217,25 @@ def test_shipped_clip_reproduces_its_recorded_zero_shot_accuracy():
     acc = zero_shot_accuracy("WorldScenes", n, seed=0)
     assert acc == record["zero_shot"]["top1"]["WorldScenes"]
     assert len(SPECS["WorldScenes"].classnames) >= 20 and acc >= 0.6
+
+
+# ----------------------------------------------------------------------------------------------- the demo run
+
+@pytest.mark.slow
+def test_readme_demo_beats_zero_shot_on_base_classes(tmp_path):
+    """`python launch.py --config configs/aple.py:demo` (the README's main job) lifts base accuracy over zero-shot."""
+    import subprocess
+    import sys
+
+    results = {}
+    for method in ("zeroshot", "aple"):
+        workdir = tmp_path / method
+        subprocess.run([sys.executable, "launch.py", "--config", f"configs/{method}.py:demo", "--workdir",
+                        str(workdir), "--config.progress=False"], check=True, cwd=REPO, capture_output=True)
+        with open(workdir / "results.json") as f:
+            results[method] = json.load(f)
+    aple, zs = results["aple"], results["zeroshot"]
+    assert aple["backbone"] == "world" and aple["dataset"] == "WorldObjects"
+    assert aple["compilations"] == {"L": 1, "V": 1, "LV": 1}
+    assert aple["accuracy"]["base"] > zs["accuracy"]["base"] + 2.0, (aple["accuracy"], zs["accuracy"])
+    assert aple["accuracy"]["new"] > 100 / 32

@@ -6,6 +6,13 @@ writes the BPE vocabulary (vocab.json + merges.txt), the weights in Hugging Face
 model.safetensors, loaded by `aple_jax.clip.weights.load_clip`) and training.json (command, seed, steps, time,
 losses, zero-shot accuracies). Batch `step` is a pure function of (seed, step), so a run resumed from its orbax
 checkpoints (in --workdir) sees the same data as an uninterrupted one.
+
+    python -m aple_jax.world.pretrain --out aple_jax/assets/world_clip --init-from aple_jax/assets/world_clip \
+        --steps 600 --lr 0.0005 --warmup 50 --prompt-tokens 4
+
+continues training a shipped model (its vocabulary kept) with `--prompt-tokens` random vision prompt tokens in half
+of every batch (shallow and deep, as IVLP inserts them): a ViT with 16 patch tokens is otherwise thrown off by four
+extra tokens it never saw, which a 197-token ViT-B/16 hardly notices.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import sys
 import threading
 import time
@@ -28,9 +36,10 @@ import optax
 from tqdm import tqdm
 
 from aple_jax.checkpoint import RunCheckpoints
+from aple_jax.clip import model as clip_model
 from aple_jax.clip.model import CLIP, CLIPConfig, init_params
 from aple_jax.clip.tokenizer import Tokenizer
-from aple_jax.clip.weights import save_hf
+from aple_jax.clip.weights import load_clip, save_hf
 from aple_jax.data.transforms import normalize
 from aple_jax.sharding import local_batch_size, make_mesh, replicate, shard_batch
 from aple_jax.world.attributes import sample_groups
@@ -54,6 +63,7 @@ class PretrainConfig:
     seed: int = 0
     ckpt_every: int = 250
     group: int = 4
+    prompt_tokens: int = 0     # random vision prompt tokens (shallow + every deep layer) in half of each batch
 
 
 def world_clip_config(vocab_size: int, **overrides: Any) -> CLIPConfig:
@@ -65,17 +75,24 @@ def world_clip_config(vocab_size: int, **overrides: Any) -> CLIPConfig:
 
 
 def make_batch(step: int, seed: int, batch_size: int, group: int, tokenizer: Tokenizer, cfg: CLIPConfig,
-               process: int = 0) -> dict[str, np.ndarray]:
+               process: int = 0, prompt_tokens: int = 0) -> dict[str, np.ndarray]:
     """Batch `step` of a process's stream: CLIP-normalised images (B, S, S, 3), caption tokens (B, context_length).
 
     Images come in groups of `group` that differ in one attribute, which their captions name (`sample_groups`).
+    With `prompt_tokens` = n, "prompts" (B/2, L, n, width) holds random vision prompts for the second half of the
+    batch: row l is the shallow prompt (l = 0) or the deep prompt of layer l, each row with its own scale.
     """
     rng = np.random.default_rng([seed, PRETRAIN_STREAM, process, step])
     attrs, varying = sample_groups(rng, batch_size, group)
     images = render(attrs, rng, cfg.image_resolution)
     texts = captions(attrs, random.Random(int(rng.integers(2 ** 62))), varying)
     tokens, _ = tokenizer.tokenize(texts, cfg.context_length)
-    return {"image": normalize(images), "tokens": tokens}
+    batch = {"image": normalize(images), "tokens": tokens}
+    if prompt_tokens:
+        shape = (batch_size // 2, cfg.vision_layers, prompt_tokens, cfg.vision_width)
+        scale = np.exp(rng.uniform(np.log(0.02), np.log(1.0), size=shape[:2] + (1, 1)))
+        batch["prompts"] = (rng.standard_normal(shape) * scale).astype(np.float32)
+    return batch
 
 
 def prefetch(make: Callable[[int], dict[str, np.ndarray]], start: int, stop: int, depth: int = 3
@@ -98,9 +115,26 @@ def prefetch(make: Callable[[int], dict[str, np.ndarray]], start: int, stop: int
         yield item
 
 
+def prompted_logits(model: CLIP, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    """Image x caption logits where the second half of the images carries batch["prompts"]."""
+    images, tokens, prompts = batch["image"], batch["tokens"], batch["prompts"]
+    half = images.shape[0] - prompts.shape[0]
+    deep = [prompts[:, layer] for layer in range(1, prompts.shape[1])]
+    plain = model.apply({"params": params}, images[:half], method=CLIP.encode_image)
+    prompted = model.apply({"params": params}, images[half:], prompts[:, 0], deep, method=CLIP.encode_image)
+    embeds = model.apply({"params": params}, tokens, method=CLIP.embed_tokens)
+    txt = model.apply({"params": params}, embeds, jnp.argmax(tokens, axis=-1), method=CLIP.encode_text)
+    img = clip_model.normalize(jnp.concatenate([plain, prompted]))
+    return jnp.exp(params["logit_scale"]) * img @ clip_model.normalize(txt).T
+
+
 def contrastive_loss(model: CLIP, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
     """CLIP's symmetric InfoNCE over the batch (image i matches caption i)."""
-    logits, logits_t = model.apply({"params": params}, batch["image"], batch["tokens"])
+    if "prompts" in batch:
+        logits = prompted_logits(model, params, batch)
+        logits_t = logits.T
+    else:
+        logits, logits_t = model.apply({"params": params}, batch["image"], batch["tokens"])
     labels = jnp.arange(logits.shape[0])
     ce = optax.softmax_cross_entropy_with_integer_labels
     return (ce(logits, labels).mean() + ce(logits_t, labels).mean()) / 2
@@ -129,14 +163,15 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation) -> Callable:
 
 
 def pretrain(cfg: CLIPConfig, tokenizer: Tokenizer, pc: PretrainConfig, workdir: str | None = None,
-             progress: bool = True) -> tuple[Any, list[float]]:
-    """(fp32 params as numpy, per-step losses) after `pc.steps` steps; resumes from checkpoints in `workdir`."""
+             progress: bool = True, init: Any = None) -> tuple[Any, list[float]]:
+    """(fp32 params as numpy, per-step losses) after `pc.steps` steps from `init` (default: random); resumes from
+    checkpoints in `workdir`."""
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model vocab_size is {cfg.vocab_size}")
     mesh = make_mesh()
     local = local_batch_size(pc.batch_size, mesh)
     model, tx = CLIP(cfg), make_optimizer(pc)
-    params = init_params(cfg, pc.seed)
+    params = init_params(cfg, pc.seed) if init is None else jax.tree.map(jnp.asarray, init)
     state = replicate({"params": params, "opt_state": tx.init(params)}, mesh)
     losses: list[float] = []
     ckpt = RunCheckpoints(workdir) if workdir else None
@@ -146,7 +181,8 @@ def pretrain(cfg: CLIPConfig, tokenizer: Tokenizer, pc: PretrainConfig, workdir:
         state = ckpt.restore_state(start, state)
         losses = ckpt.restore_meta(start)["losses"]
     train_step = make_train_step(model, tx)
-    batches = prefetch(lambda s: make_batch(s, pc.seed, local, pc.group, tokenizer, cfg, jax.process_index()),
+    batches = prefetch(lambda s: make_batch(s, pc.seed, local, pc.group, tokenizer, cfg, jax.process_index(),
+                                                  pc.prompt_tokens),
                        start, pc.steps)
     bar = tqdm(range(start, pc.steps), initial=start, total=pc.steps, disable=not progress, desc="pretrain",
                mininterval=5)
@@ -162,12 +198,26 @@ def pretrain(cfg: CLIPConfig, tokenizer: Tokenizer, pc: PretrainConfig, workdir:
     return jax.tree.map(np.asarray, state["params"]), losses
 
 
-def run(out: str, pc: PretrainConfig, workdir: str, eval_per_class: int, progress: bool = True) -> dict[str, Any]:
-    """Vocabulary, pretraining, HF export and zero-shot evaluation into `out`; returns the training record."""
+def run(out: str, pc: PretrainConfig, workdir: str, eval_per_class: int, progress: bool = True,
+        init_from: str = "") -> dict[str, Any]:
+    """Vocabulary, pretraining, HF export and zero-shot evaluation into `out`; returns the training record.
+
+    With `init_from` (a model this command wrote) training continues from its weights and vocabulary, and the
+    record keeps that model's record under "continued_from".
+    """
     t0 = time.time()
-    vocab_size = train_world_bpe(out, pc.seed)
-    cfg = world_clip_config(vocab_size)
-    params, losses = pretrain(cfg, Tokenizer.from_path(out), pc, workdir, progress)
+    previous, init = None, None
+    if init_from:
+        with open(os.path.join(init_from, "training.json")) as f:
+            previous = json.load(f)
+        cfg, init = load_clip(init_from)
+        os.makedirs(out, exist_ok=True)
+        for name in ("vocab.json", "merges.txt"):
+            if os.path.abspath(init_from) != os.path.abspath(out):
+                shutil.copy(os.path.join(init_from, name), os.path.join(out, name))
+    else:
+        cfg = world_clip_config(train_world_bpe(out, pc.seed))
+    params, losses = pretrain(cfg, Tokenizer.from_path(out), pc, workdir, progress, init)
     save_hf(out, cfg, params)
     train_s = time.time() - t0
     accuracies = {name: zero_shot_accuracy(name, eval_per_class, seed=0, weights=out) for name in WORLD_DATASETS}
@@ -181,6 +231,8 @@ def run(out: str, pc: PretrainConfig, workdir: str, eval_per_class: int, progres
         "zero_shot": {"function": "aple_jax.world.zero_shot_accuracy(name, n_per_class, seed=0)",
                       "n_per_class": eval_per_class, "top1": accuracies},
     }
+    if previous is not None:
+        record["continued_from"] = previous
     with open(os.path.join(out, "training.json"), "w") as f:
         json.dump(record, f, indent=2)
     return record
@@ -191,13 +243,14 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="output directory (HF CLIP layout + tokenizer)")
     parser.add_argument("--workdir", default="/tmp/world_clip_run", help="orbax checkpoints (resumed if present)")
     parser.add_argument("--eval-per-class", type=int, default=20, help="held-out test images per class")
+    parser.add_argument("--init-from", default="", help="continue from this model (weights and vocabulary)")
     defaults = PretrainConfig()
     for field in dataclasses.fields(PretrainConfig):
         value = getattr(defaults, field.name)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
     pc = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
-    record = run(args.out, pc, args.workdir, args.eval_per_class)
+    record = run(args.out, pc, args.workdir, args.eval_per_class, init_from=args.init_from)
     print(json.dumps({k: record[k] for k in ("train_seconds", "final_loss", "zero_shot")}, indent=2))
 
 
