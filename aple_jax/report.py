@@ -53,7 +53,10 @@ def format_run(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------- runs, groups
 
 def dataset_name(name: str) -> str:
-    """The field's table name of a dataset spelling ("dtd" -> "DTD"); names the data package lacks pass through."""
+    """The field's table name of a dataset spelling ("dtd" -> "DTD", "world:WorldObjects" -> "WorldObjects");
+    names the data package lacks pass through."""
+    if name.startswith("world:"):
+        return name[len("world:"):]
     try:
         name = canonical_name(name)
     except UnknownDatasetError:

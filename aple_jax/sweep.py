@@ -22,9 +22,11 @@ import ml_collections
 
 from aple_jax.data.names import canonical_name
 from aple_jax.report import dataset_name, differing_keys, format_run, read_json
+from aple_jax.world.datasets import parse_name as parse_world_name
 from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS
 
-DATASET_SHORTCUTS = {"base2new11": ("ImageNet",) + CROSS_DATASET_TARGETS}
+DATASET_SHORTCUTS = {"base2new11": ("ImageNet",) + CROSS_DATASET_TARGETS,
+                     "world3": ("world:WorldObjects", "world:WorldCounts", "world:WorldScenes")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +62,15 @@ def load_config_module(path: str) -> ModuleType:
 
 
 def expand_datasets(text: str) -> list[str]:
-    """A comma-separated dataset list; `base2new11` stands for the 11 base-to-novel datasets; names are checked."""
+    """A comma-separated dataset list; `base2new11` stands for the 11 base-to-novel datasets, `world3` for the
+    world's three base-to-novel datasets (docs/world.md); names are checked."""
     out: list[str] = []
     for item in filter(None, (t.strip() for t in text.split(","))):
         out += DATASET_SHORTCUTS.get(item, (item,))
     for name in out:
-        if not name.startswith("tfds:"):
+        if name.startswith("world:"):
+            parse_world_name(name[len("world:"):])   # raises naming the world's datasets
+        elif not name.startswith("tfds:"):
             canonical_name(name)    # raises UnknownDatasetError naming the known datasets
     return out
 

@@ -21,6 +21,6 @@ def get_config(arg=None):
     c.stage2 = ml_collections.ConfigDict(dict(enabled=True, loss="ce", epochs=5))
     c.teacher.templates = "dataset"
     c = common.apply_args(c, arg)
-    if c.backbone.name == "tiny":   # the demo: short phases
+    if c.backbone.name in common.SMALL_BACKBONES:   # the CPU presets: short phases
         c.stage1.epochs, c.stage2.epochs = 3, 3
     return c

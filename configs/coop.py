@@ -22,6 +22,6 @@ def get_config(arg=None):
     if a.ijcv:
         c.prompts.text.update(n_ctx=16, init="random")
     c = common.apply_args(c, arg, ijcv=False)
-    if c.dataset.name == "ImageNet" and not a.demo:
+    if c.dataset.name == "ImageNet":
         c.optim.epochs = 50
     return c

@@ -9,8 +9,8 @@ from configs import aple as aple_config
 from configs import common
 
 
-def tiny_config(method: str = "aple", arg: str = "demo", **overrides):
-    """A demo config of `method` (tiny random CLIP, synthetic data), with dotted-key overrides."""
+def tiny_config(method: str = "aple", arg: str = "tiny", **overrides):
+    """The `:tiny` config of `method` (tiny random CLIP, synthetic data), with dotted-key overrides."""
     if method == "aple":
         c = aple_config.get_config(arg)
     else:

@@ -119,7 +119,7 @@ def test_dry_run_lists_without_running(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_real_tiny_run_then_skip(tmp_path, capsys):
-    argv = ["--configs", "configs/zeroshot.py", "--args", "demo", "--seeds", "1", "--runs-dir", str(tmp_path)]
+    argv = ["--configs", "configs/zeroshot.py", "--args", "tiny", "--seeds", "1", "--runs-dir", str(tmp_path)]
     assert sweep.main(argv) == 0
     workdir = os.path.join(tmp_path, "zeroshot", "base2new", "Synthetic", "shots_16", "seed1")
     out = capsys.readouterr().out
