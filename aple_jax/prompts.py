@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct, traverse_util
 
-from aple_jax.clip.backbone import Backbone
+from aple_jax.clip.backbone import Backbone, embed_tokens
 from aple_jax.clip.tokenizer import Tokenizer
 
 Array = jax.Array
@@ -48,7 +48,7 @@ def build_class_texts(backbone: Backbone, clip_params: Any, tokenizer: Tokenizer
     ids, eot = tokenizer.tokenize(class_prompt_strings(classnames, prefix), backbone.cfg.context_length)
     if cut_after_eot:
         ids = truncate_after_eot(ids, eot)
-    embeds = jax.jit(backbone.embed)(clip_params, jnp.asarray(ids))
+    embeds = embed_tokens(backbone, clip_params, jnp.asarray(ids))
     return ClassTexts(embeds, jnp.asarray(eot), tuple(classnames))
 
 
@@ -58,7 +58,7 @@ def template_texts(backbone: Backbone, clip_params: Any, tokenizer: Tokenizer, c
     texts = [template.format(name.replace("_", " ")) for name in classnames]
     ids, eot = tokenizer.tokenize(texts, backbone.cfg.context_length)
     ids = truncate_after_eot(ids, eot)
-    return ClassTexts(jax.jit(backbone.embed)(clip_params, jnp.asarray(ids)), jnp.asarray(eot), tuple(classnames))
+    return ClassTexts(embed_tokens(backbone, clip_params, jnp.asarray(ids)), jnp.asarray(eot), tuple(classnames))
 
 
 def with_context(embeds: Array, ctx: Array) -> Array:

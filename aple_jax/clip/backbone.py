@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Sequence
 
@@ -45,6 +46,17 @@ class Backbone:
     @staticmethod
     def logit_scale(params: Any) -> Array:
         return jnp.exp(params["logit_scale"])
+
+
+# Compiled once per backbone and shape (a fresh `jax.jit(backbone.embed)` per call would compile every time).
+@functools.partial(jax.jit, static_argnums=0)
+def embed_tokens(backbone: Backbone, params: Any, token_ids: Array) -> Array:
+    return backbone.embed(params, token_ids)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def encode_text(backbone: Backbone, params: Any, embeds: Array, eot_idx: Array) -> Array:
+    return backbone.text(params, embeds, eot_idx)
 
 
 def load_backbone(name: str, weights: str, tokenizer_path: str = "", dtype: str = "float32",

@@ -73,6 +73,8 @@ class Method:
         self.adapter_test = self.adapter is not None and adapter_cfg.get("apply_test", True)
         self.teacher_sees_adapter = self.adapter_train and adapter_cfg.get("teacher_input", "fused") == "fused"
         kl = config.get("kl") or {}
+        # One compiled text tower per method and class-set shape, for evaluation and the phases' text caches.
+        self.text_features_jit = jax.jit(self.text_features, static_argnums=(3,))
         self.kl = KLOptions(kl.get("temperature", 1.0), kl.get("direction", "zs_p"), kl.get("reduction",
                                                                                            "sum_over_bc"))
 
@@ -104,7 +106,7 @@ class Method:
     def eval_text_features(self, prompts: P.Tree, clip_params: Any, classnames: list[str],
                            dataset_template: str) -> Array:
         """(C, P) class text features for evaluation, computed once per class set."""
-        return jax.jit(self.text_features)(prompts, clip_params, self.class_texts(clip_params, classnames))
+        return self.text_features_jit(prompts, clip_params, self.class_texts(clip_params, classnames))
 
     # ------------------------------------------------------------------------------------------------ features
     def text_features(self, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts,

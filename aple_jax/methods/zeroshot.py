@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from aple_jax import prompts as P
-from aple_jax.clip.backbone import Backbone
+from aple_jax.clip.backbone import Backbone, encode_text
 from aple_jax.clip.tokenizer import Tokenizer
 from aple_jax.losses import normalize
 from aple_jax.methods.base import Method, Phase
@@ -25,11 +25,10 @@ def template_text_features(backbone: Backbone, clip_params: Any, tokenizer: Toke
     """
     if mode not in ENSEMBLE_MODES:
         raise ValueError(f"template ensemble mode {mode!r}; expected one of {ENSEMBLE_MODES}")
-    encode = jax.jit(backbone.text)
     total = None
     for template in templates:
         texts = P.template_texts(backbone, clip_params, tokenizer, classnames, template)
-        f = encode(clip_params, texts.embeds, texts.eot_idx)
+        f = encode_text(backbone, clip_params, texts.embeds, texts.eot_idx)
         f = normalize(f) if mode == "normalized_mean" else f
         total = f if total is None else total + f
     mean = total / len(templates)
