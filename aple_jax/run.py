@@ -165,6 +165,8 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     method = build_method(config, backbone, tokenizer)
     phases = method.phases()
     jobs = [SeedJob(c, w, build_setting(c), method.init(jax.random.key(c.seed), clip_params)) for c, w in pending]
+    for job in jobs if jax.process_index() == 0 else ():
+        print(f"seed {job.config.seed}: {job.setting.train.summary()}", flush=True)
     image_size = backbone.cfg.image_resolution
     compilations: dict[str, int] = {}
 
@@ -230,7 +232,8 @@ def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.See
 
     def make_loader(phase_index: int):
         return train_loader(split.train, global_batch_size=config.batch_size, image_size=image_size,
-                            seed=config.seed * 1000 + phase_index, mesh=mesh, num_workers=config.dataset.num_workers)
+                            seed=config.seed * 1000 + phase_index, mesh=mesh, num_workers=config.dataset.num_workers,
+                            crop_scale=tuple(config.dataset.crop_scale))
 
     per_epoch = train.steps_per_epoch(len(split.train), config.batch_size)
     writer = MetricWriter(job.workdir, sum(p.epochs for p in phases) * per_epoch, progress=config.progress)
@@ -244,15 +247,66 @@ def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.See
     return train.SeedRun(make_loader, checkpoint.RunCheckpoints(job.workdir), writer, on_epoch_end)
 
 
-def save_prompts(path: str, prompts: Any) -> None:
-    """The trained prompt tree as a flat `.npz` (paths like `text/ctx`), small and framework-free."""
-    np.savez(path, **{k: np.asarray(v) for k, v in P.flatten(jax.device_get(prompts)).items()})
+PROMPTS_META_KEY = "__meta__"
+
+
+def prompts_meta(config: ml_collections.ConfigDict | dict[str, Any] | None,
+                 classnames: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a prompts `.npz` records of its training: the PROMPT_KEYS of its config, its dataset and classes."""
+    meta: dict[str, Any] = {"version": 1}
+    if config is not None:
+        tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+        meta["config"] = {k: v for k, v in _comparable(tree).items() if k.startswith(PROMPT_KEYS)}
+    if classnames is not None:
+        meta["train"] = {"dataset": classnames["dataset"], "classnames": list(classnames["classnames"])}
+    return meta
+
+
+def _run_dir_meta(run_dir: str) -> dict[str, Any] | None:
+    """The provenance of a run directory from its config.json and classnames.json; None without either."""
+    found = []
+    for name in ("config.json", "classnames.json"):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                found.append(json.load(f))
+        else:
+            found.append(None)
+    return None if found == [None, None] else prompts_meta(*found)
+
+
+def save_prompts(path: str, prompts: Any, meta: dict[str, Any] | None = None) -> None:
+    """The trained prompt tree as a flat `.npz` (paths like `text/ctx`), small and framework-free.
+
+    `meta` (default: read from the run directory holding `path`, see `prompts_meta`) is stored as a JSON string
+    under `__meta__`, so that `eval_only_from=<file>.npz` can refuse prompts of another method, backbone, prompt
+    shape or set of base classes.
+    """
+    if meta is None:
+        meta = _run_dir_meta(os.path.dirname(os.path.abspath(path)))
+    arrays = {k: np.asarray(v) for k, v in P.flatten(jax.device_get(prompts)).items()}
+    if PROMPTS_META_KEY in arrays:
+        raise ValueError(f"a prompt leaf may not be named {PROMPTS_META_KEY!r}")
+    if meta is not None:
+        arrays[PROMPTS_META_KEY] = np.asarray(json.dumps(meta, sort_keys=True))
+    np.savez(path, **arrays)
+
+
+def read_prompts_meta(path: str) -> dict[str, Any] | None:
+    """The `__meta__` entry of a prompts `.npz`, or None for files written before it existed."""
+    loaded = np.load(path)
+    if not hasattr(loaded, "files"):
+        raise ValueError(f"eval_only_from={path!r} is neither a run directory nor a prompts .npz")
+    with loaded as f:
+        if PROMPTS_META_KEY not in f.files:
+            return None
+        return json.loads(str(f[PROMPTS_META_KEY][()]))
 
 
 def read_prompts(path: str, prompts_like: Any) -> Any:
     """Prompts from a `.npz` written by save_prompts; leaves must match the method's prompt tree exactly."""
     with np.load(path) as f:
-        loaded = {k: f[k] for k in f.files}
+        loaded = {k: f[k] for k in f.files if k != PROMPTS_META_KEY}
     expected = {k: v.shape for k, v in P.flatten(prompts_like).items()}
     got = {k: v.shape for k, v in loaded.items()}
     if got != expected:
@@ -266,27 +320,32 @@ PROMPT_KEYS = ("method", "backbone.name", "backbone.weights", "prompts")
 
 
 def check_trained_run(run_dir: str, config: ml_collections.ConfigDict, setting: Setting) -> None:
-    """Refuses prompts trained for another method, backbone or prompt shape, or for other base classes."""
-    if run_dir.endswith(".npz") or not os.path.isdir(run_dir):
-        if not os.path.exists(run_dir):
-            raise FileNotFoundError(f"eval_only_from={run_dir!r} does not exist")
+    """Refuses prompts trained for another method, backbone or prompt shape, or for other base classes.
+
+    `run_dir` is a run directory (checked against its config.json and classnames.json) or a prompts `.npz`
+    (checked against its `__meta__`; a file without one, written before it existed, is not checked).
+    """
+    if not os.path.exists(run_dir):
+        raise FileNotFoundError(f"eval_only_from={run_dir!r} does not exist")
+    if os.path.isdir(run_dir):
+        meta = _run_dir_meta(run_dir)
+        if meta is None and os.path.exists(os.path.join(run_dir, "prompts.npz")):
+            meta = read_prompts_meta(os.path.join(run_dir, "prompts.npz"))
+    else:
+        meta = read_prompts_meta(run_dir)
+    if meta is None:
         return
-    config_path = os.path.join(run_dir, "config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            trained = _comparable(json.load(f))
-        current = _comparable(config.to_dict())
-        diff = sorted(k for k in set(trained) | set(current)
-                      if k.startswith(PROMPT_KEYS) and trained.get(k) != current.get(k))
+    if "config" in meta:
+        trained = meta["config"]
+        current = {k: v for k, v in _comparable(config.to_dict()).items() if k.startswith(PROMPT_KEYS)}
+        diff = sorted(k for k in set(trained) | set(current) if trained.get(k) != current.get(k))
         if diff:
             details = ", ".join(f"{k}: trained {trained.get(k)!r}, now {current.get(k)!r}" for k in diff)
             raise ValueError(f"prompts in {run_dir} were trained with another method/backbone/prompt shape "
                              f"({details})")
-    names_path = os.path.join(run_dir, "classnames.json")
     base = next((ev.splits for ev in setting.evals if ev.name == "base"), None)
-    if base is not None and os.path.exists(names_path):
-        with open(names_path) as f:
-            trained = json.load(f)
+    trained = meta.get("train")
+    if base is not None and trained is not None:
         if trained["dataset"] == base.name and trained["classnames"] != list(base.classnames):
             raise ValueError(f"prompts in {run_dir} were trained on the base classes {trained['classnames'][:5]}..., "
                              f"but this evaluation's base classes are {list(base.classnames)[:5]}...: use the "
@@ -295,7 +354,7 @@ def check_trained_run(run_dir: str, config: ml_collections.ConfigDict, setting: 
 
 def load_trained_prompts(run_dir: str, method: Method, phases: list, prompts_like: Any) -> Any:
     """The final prompts of a run directory or a prompts .npz file (eval-only mode)."""
-    if run_dir.endswith(".npz"):
+    if not os.path.isdir(run_dir):
         return read_prompts(run_dir, prompts_like)
     if os.path.exists(os.path.join(run_dir, "prompts.npz")):
         return read_prompts(os.path.join(run_dir, "prompts.npz"), prompts_like)
@@ -311,6 +370,15 @@ def load_trained_prompts(run_dir: str, method: Method, phases: list, prompts_lik
         return train.final_prompts(phase, state) if meta["epoch"] >= phase.epochs else state.prompts
 
 
+def _num_train_images(config, setting) -> int:
+    """The training examples this run's prompts were fitted on (after few-shot sampling); 0 when it trains none."""
+    from aple_jax.methods import METHODS
+    from aple_jax.methods.zeroshot import ZeroShot
+    if setting.train is None or config.eval_only_from or METHODS.get(config.method) is ZeroShot:
+        return 0
+    return len(setting.train.train)
+
+
 def _results(config, setting, evals, history, compilations, seconds, packed_seeds) -> dict[str, Any]:
     out: dict[str, Any] = {
         "method": config.method, "dataset": setting.train.name if setting.train else config.dataset.name,
@@ -318,6 +386,7 @@ def _results(config, setting, evals, history, compilations, seconds, packed_seed
         "backbone": config.backbone.name, "evals": evals,
         "accuracy": {k: v["accuracy"] for k, v in evals.items()},
         "tag": config.tag, "prompt_length": {"text": config.prompts.text.n_ctx, "vision": config.prompts.vision.n_ctx},
+        "num_train_images": _num_train_images(config, setting),
         "history": history, "compilations": compilations, "seconds": round(seconds, 1),
         "num_devices": jax.device_count(), "packed_seeds": packed_seeds, "config": json.loads(config.to_json()),
     }

@@ -85,7 +85,7 @@ def test_gpa_weights_sum_to_one_and_peak_at_the_mean():
 
 
 def test_gpa_aggregate_is_the_weighted_average_of_epoch_prompts(tmp_path):
-    from aple_jax.run import run
+    from aple_jax.run import read_prompts, run
     config = tiny_config("promptsrc", optim__epochs=3, gpa__mean=2.0, gpa__std=1.0, dataset__shots=4,
                          batch_size=8, eval_every_epoch=False)
     epochs = []
@@ -103,8 +103,7 @@ def test_gpa_aggregate_is_the_weighted_average_of_epoch_prompts(tmp_path):
         T.accumulate_gpa = original
     weights = np.array([w for w, _ in epochs])
     np.testing.assert_allclose(weights, train.gpa_weights(3, 2.0, 1.0), rtol=1e-6)
-    with np.load(tmp_path / "prompts.npz") as f:
-        final = {k: f[k] for k in f.files}
+    final = P.flatten(read_prompts(str(tmp_path / "prompts.npz"), epochs[0][1]))
     for path, value in final.items():
         expected = sum(w * P.flatten(p)[path] for w, p in epochs)
         np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7, err_msg=path)
@@ -131,3 +130,32 @@ def test_maple_coupling_reproduces_ivlp_with_the_projected_prompts(tiny):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     plain = Method.image_features(ivlp, {}, params, images)
     assert float(jnp.abs(got - plain).max()) > 1e-3      # the coupled prompts do reach the vision tower
+
+
+def test_cocoop_class_chunks_match_all_classes_at_once(tiny):
+    backbone, params, tokenizer = tiny
+    classes = [f"class {i}" for i in range(7)]                       # chunks of 3 for C = 7: 3 chunks, 2 padded rows
+    whole = build_method(tiny_config("cocoop", cocoop__class_chunk=0), backbone, tokenizer)
+    chunked = build_method(tiny_config("cocoop", cocoop__class_chunk=3), backbone, tokenizer)
+    prompts = whole.init(jax.random.key(0), params)
+    texts = whole.class_texts(params, classes)
+    batch = random_batch(3, backbone.cfg.image_resolution, len(classes))
+
+    def run(method):
+        def loss(p):
+            img, txt = method.features(p, params, texts, batch["image"])
+            logits = L.cosine_logits(backbone.logit_scale(params), img, txt)
+            ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["label"][:, None], 1).mean()
+            return ce, (txt, logits)
+        return jax.jit(jax.grad(loss, has_aux=True))(prompts)
+
+    (g0, (t0, l0)), (g1, (t1, l1)) = run(whole), run(chunked)
+    jaxpr = str(jax.make_jaxpr(chunked.features)(prompts, params, texts, batch["image"]))
+    assert "scan" in jaxpr and "remat" in jaxpr                      # the chunked path did run
+    assert t1.shape == t0.shape == (3, 7, backbone.cfg.embed_dim)
+    np.testing.assert_allclose(t1, t0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(l1, l0, rtol=1e-5, atol=1e-5)
+    for path, want in P.flatten(g0).items():
+        got = P.flatten(g1)[path]
+        assert float(jnp.abs(want).max()) > 0, path
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()), err_msg=path)
