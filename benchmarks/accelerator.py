@@ -136,7 +136,7 @@ def main() -> None:
                                           ("ivlp", 0, classes), ("maple", 0, classes), ("cocoop", 0, classes // 10))]
     specs.append(("ivlp", 0, classes, 3))
     rows = backbone_rows(backbone, params, batch, classes, repeats, peak)
-    config_arg = "demo" if args.smoke else ""   # the demo config keeps prompt depths within the tiny towers
+    config_arg = "tiny" if args.smoke else ""   # the tiny preset keeps prompt depths within the tiny towers
     rows += train_rows(backbone, params, specs, repeats if args.smoke else 3, peak, config_arg)
     rows.append(eval_row(backbone, params, batch, classes, repeats, peak, config_arg))
     print(f"{'tiny' if args.smoke else 'ViT-B/16'} CLIP, {args.dtype}, {jax.device_count()} x "

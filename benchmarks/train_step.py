@@ -1,8 +1,12 @@
 """Train-step time and memory per method and APLe phase, on ViT-B/16 shapes with random weights.
 
     python benchmarks/train_step.py                       # all methods, C = 10, 100, 1000 (long on 2 CPU cores)
-    python benchmarks/train_step.py --methods aple,ivlp --classes 10,100 --batch 4
+    python benchmarks/train_step.py --methods aple,ivlp --classes 10,100 --batches 4
     python benchmarks/train_step.py --methods ivlp --classes 100 --pack 3    # 3 packed seeds vs 3 separate steps
+    python benchmarks/train_step.py --methods cocoop --classes 100,1000 --batches 1,4 --dtype bfloat16 --remat
+
+With batch 1 and B in `--batches`, the last column compares one step at batch B with B steps at batch 1 (below 1x:
+batching pays). `--cocoop-chunk` sets CoCoOp's `cocoop.class_chunk` (classes per text-tower pass; 0: all at once).
 
 Memory is XLA's own account of the compiled step (arguments + outputs + temporaries - aliased), the peak the
 program needs on any backend; time is the median wall time of jitted steps after a warm-up step.
@@ -15,6 +19,7 @@ import json
 import statistics
 import sys
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,7 +28,7 @@ sys.path.insert(0, ".")
 
 from aple_jax import sharding, train  # noqa: E402
 from aple_jax.clip import model as clip_model  # noqa: E402
-from aple_jax.clip.backbone import Backbone  # noqa: E402
+from aple_jax.clip.backbone import DTYPES, Backbone  # noqa: E402
 from aple_jax.clip.tokenizer import Tokenizer  # noqa: E402
 from aple_jax.methods import build_method  # noqa: E402
 
@@ -31,9 +36,10 @@ METHODS = ("aple", "ivlp", "coop", "kgcoop", "cocoop", "maple", "promptsrc")
 
 
 def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, phase_index: int, pack: int = 1,
-               config_arg: str = ""):
+               config_arg: str = "", overrides: dict[str, Any] | None = None):
     """(jitted step, args) for one phase of one method with `classes` class prompts (`pack` seeds in one step)."""
     config = importlib.import_module(f"configs.{name}").get_config(config_arg)
+    config.update_from_flattened_dict(overrides or {})
     method = build_method(config, backbone, Tokenizer.builtin_tiny())
     prompts = method.init(jax.random.key(0), params)
     phase = method.phases()[phase_index]
@@ -76,35 +82,54 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--classes", default="10,100,1000")
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batches", "--batch", default="4", help="comma list of batch sizes, e.g. 1,4")
     ap.add_argument("--backbone", default="ViT-B/16")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of timed steps per row at most")
     ap.add_argument("--pack", type=int, default=1, help="also time this many seeds packed into one step")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="backbone compute dtype")
+    ap.add_argument("--remat", action="store_true", help="rematerialise the backbone's blocks")
+    ap.add_argument("--cocoop-chunk", type=int, default=None, help="cocoop.class_chunk (default: the config's)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     cfg = clip_model.get_config(args.backbone)
-    backbone = Backbone(clip_model.CLIP(cfg))
+    backbone = Backbone(clip_model.CLIP(cfg, DTYPES[args.dtype], args.remat))
     params = clip_model.init_params(cfg)
+    batches = sorted(set(map(int, args.batches.split(","))))
     rows = []
-    print(f"{args.backbone}, batch {args.batch}, {jax.device_count()} {jax.devices()[0].platform} device(s)\n")
-    print("| method | phase | C | step (s) | peak memory (GB) |\n|---|---|---|---|---|")
+    print(f"{args.backbone}, {args.dtype}{', remat' if args.remat else ''}, batches {batches}, "
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s)\n")
+    print("| method | phase | C | batch | step (s) | peak memory (GB) | vs B steps at batch 1 |\n"
+          "|---|---|---|---|---|---|---|")
     for name in args.methods.split(","):
         config = importlib.import_module(f"configs.{name}").get_config("")
         n_phases = len(build_method(config, backbone, Tokenizer.builtin_tiny()).phases())
+        chunked = name == "cocoop" and args.cocoop_chunk is not None
+        overrides = {"cocoop.class_chunk": args.cocoop_chunk} if chunked else {}
         for classes in map(int, args.classes.split(",")):
             for index in range(n_phases):
-                step, step_args, phase = step_setup(backbone, params, name, classes, args.batch, index)
-                r = measure(step, step_args, args.repeats, args.budget)
-                rows.append({"method": name, "phase": phase, "classes": classes, **r})
-                print(f"| {name} | {phase} | {classes} | {r['step_s']:.3f} | {r['peak_gb']:.2f} |", flush=True)
-                if args.pack > 1:
-                    step, step_args, _ = step_setup(backbone, params, name, classes, args.batch, index, args.pack)
-                    p = measure(step, step_args, args.repeats, args.budget)
-                    rows.append({"method": name, "phase": phase, "classes": classes, "packed": args.pack, **p})
-                    print(f"| {name} | {phase}, {args.pack} seeds packed: {p['step_s'] / args.pack:.3f} s per seed "
-                          f"({r['step_s'] / (p['step_s'] / args.pack):.2f}x) | {classes} | {p['step_s']:.3f} | "
-                          f"{p['peak_gb']:.2f} |", flush=True)
+                single = None   # this row's batch-1 step time, once measured
+                for batch in batches:
+                    step, step_args, phase = step_setup(backbone, params, name, classes, batch, index,
+                                                        overrides=overrides)
+                    r = measure(step, step_args, args.repeats, args.budget)
+                    single = r["step_s"] if batch == 1 else single
+                    vs = ""
+                    if single is not None and batch > 1:
+                        r["vs_batch1"] = r["step_s"] / (batch * single)
+                        vs = f"{r['vs_batch1']:.2f}x of {batch * single:.3f} s"
+                    rows.append({"method": name, "phase": phase, "classes": classes, "batch": batch, **r})
+                    print(f"| {name} | {phase} | {classes} | {batch} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | "
+                          f"{vs} |", flush=True)
+                    if args.pack > 1:
+                        step, step_args, _ = step_setup(backbone, params, name, classes, batch, index, args.pack,
+                                                        overrides=overrides)
+                        p = measure(step, step_args, args.repeats, args.budget)
+                        rows.append({"method": name, "phase": phase, "classes": classes, "batch": batch,
+                                     "packed": args.pack, **p})
+                        print(f"| {name} | {phase}, {args.pack} seeds packed: {p['step_s'] / args.pack:.3f} s per "
+                              f"seed ({r['step_s'] / (p['step_s'] / args.pack):.2f}x) | {classes} | {batch} | "
+                              f"{p['step_s']:.3f} | {p['peak_gb']:.2f} | |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
