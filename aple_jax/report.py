@@ -437,16 +437,16 @@ def plot_base2new_bars(summary: dict[str, Any], path: str) -> None:
     for ax, title in zip(axes, ("Base accuracy", "Novel accuracy", "HM")):
         ax.set_ylabel(f"{title} (%)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize="small", loc="lower left", bbox_to_anchor=(0, 1.02), ncol=min(3, len(systems)))
+    axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside, never over, the bars
     axes[-1].set_xticks(x, names, rotation=45, ha="right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
 def _bar_label(s: dict[str, Any]) -> str:
     a = s["average"]
-    average = "" if a["complete"] else f"; average over {len(a['datasets'])} datasets, incomplete"
+    average = "" if a["complete"] else f"; average of {len(a['datasets'])} datasets"
     return f"{label(s['method'], s['tag'])} ({s['backbone']}, {s['shots']} shots{average})"
 
 
