@@ -48,7 +48,7 @@ class TrainState:
     prompts: P.Tree
     opt_state: Any
     gpa_sum: P.Tree | None   # running Gaussian-weighted sum of per-epoch prompts (PromptSRC), else None
-    finite: Array            # False once any loss was NaN or infinite
+    finite: Array            # False once any loss or updated prompt was NaN or infinite
 
 
 def init_state(prompts: P.Tree, tx: optax.GradientTransformation, with_gpa: bool) -> TrainState:
@@ -147,7 +147,11 @@ def make_train_step(method: Method, plan: PhasePlan, tx: optax.GradientTransform
             if path in row_masks:   # token-wise selection: only the selected rows move
                 update = update * row_masks[path].reshape((-1,) + (1,) * (update.ndim - 1))
             new_trained[path] = value + update
+        # The updated prompts too: a step whose loss was finite can still overflow them, and a checkpoint saved
+        # right after it would otherwise hold the non-finite prompts.
         finite = state.finite & jnp.isfinite(metrics["loss"])
+        for value in new_trained.values():
+            finite = finite & jnp.all(jnp.isfinite(value))
         new_state = state.replace(prompts=P.merge(frozen, new_trained), opt_state=opt_state, finite=finite)
         return new_state, metrics
 
@@ -169,8 +173,7 @@ def phase_constants(method: Method, plan: PhasePlan, prompts: P.Tree, clip_param
     """Constants computed once per phase: cached class text features, the zero-shot teacher's text features."""
     consts: dict[str, Any] = {"texts": texts}
     if plan.cache_text:
-        consts["text_cache"] = jax.jit(method.text_features, static_argnums=(3,))(
-            prompts, clip_params, texts, plan.phase.present)
+        consts["text_cache"] = method.text_features_jit(prompts, clip_params, texts, plan.phase.present)
     if plan.needs_teacher_text:
         if teacher_text is None:
             raise ValueError(f"phase {plan.phase.name!r} needs zero-shot teacher text features")
@@ -186,8 +189,8 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 def check_finite(state: TrainState, phase: Phase, epoch: int, step: int) -> None:
     if not bool(jax.device_get(jnp.all(state.finite))):
         raise FloatingPointError(
-            f"the loss became NaN or infinite in phase {phase.name!r} (epoch {epoch + 1}, step {step}); training "
-            f"stopped and the last good checkpoint is kept. Lower the learning rate or check the inputs.")
+            f"the loss or the prompts became NaN or infinite in phase {phase.name!r} (epoch {epoch + 1}, step {step}); "
+            f"training stopped and the last good checkpoint is kept. Lower the learning rate or check the inputs.")
 
 
 def cosine_lr_table(phase: Phase, optim: ml_collections.ConfigDict) -> list[float]:

@@ -63,8 +63,22 @@ def _assert_same_prompts(a, b, rtol=1e-5):
         assert np.linalg.norm(x - y) <= rtol * np.linalg.norm(y), key
 
 
+def _initial_train_prompts() -> dict[str, np.ndarray]:
+    """The prompts the worker's training starts from (same builder, in this process)."""
+    from aple_jax import prompts as P
+    from tests import multidevice_worker
+    prompts = multidevice_worker._setup()[2]
+    return {k: np.asarray(v) for k, v in P.flatten(prompts).items()}
+
+
 def test_training_on_8_devices_matches_1_device():
-    _assert_same_prompts(_worker("train", devices=8), _worker("train", "--devices", "1", devices=8))
+    eight, one = _worker("train", devices=8), _worker("train", "--devices", "1", devices=8)
+    assert eight["device_count"] == 8
+    _assert_same_prompts(eight, one)
+    initial = _initial_train_prompts()
+    assert initial.keys() == one.keys() - {"device_count"}
+    for key, start in initial.items():   # every leaf trained, far beyond the tolerance of the comparison above
+        assert np.linalg.norm(np.asarray(one[key]) - start) > 1e-3 * np.linalg.norm(start), f"{key} did not move"
 
 
 def test_two_processes_train_together_like_one():

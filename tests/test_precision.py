@@ -1,4 +1,4 @@
-"""bf16 compute: the towers' matmuls run in bf16 when asked, parameters and projections stay fp32."""
+"""bf16 compute: the towers' matmuls run in bf16 when asked; projections and the trainable state stay fp32."""
 import re
 
 import jax
@@ -6,7 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aple_jax import prompts as P
+from aple_jax import train
 from aple_jax.clip import model as M
+from aple_jax.clip.backbone import Backbone
+from aple_jax.clip.tokenizer import Tokenizer
+from aple_jax.methods import build_method
+from tests.helpers import random_batch, tiny_config
 
 
 def _dot_operand_types(fn, *args) -> list[tuple[str, str]]:
@@ -45,4 +51,31 @@ def test_bf16_features_stay_close_to_fp32(tiny):
     bf16 = M.CLIP(cfg, jnp.bfloat16).apply({"params": params}, x, method=M.CLIP.encode_image)
     assert bf16.dtype == jnp.float32
     assert float(jnp.linalg.norm(bf16 - f32) / jnp.linalg.norm(f32)) < 0.05
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+
+
+def test_bf16_training_keeps_prompts_and_optimizer_state_fp32(tiny):
+    """With the towers in bf16 the trainable state (prompts, SGD momentum) still updates in fp32."""
+    cfg, params = tiny
+    backbone = Backbone(M.CLIP(cfg, jnp.bfloat16))   # what load_backbone(..., dtype="bfloat16") builds
+    method = build_method(tiny_config("ivlp", optim__warmup_epochs=0), backbone, Tokenizer.builtin_tiny())
+    prompts = method.init(jax.random.key(0), params)
+    phase = method.phases()[0]
+    plan = train.plan_phase(method, phase, prompts)
+    tx = train.make_optimizer(phase, plan.selection.labels(prompts), 1000, method.config.optim)
+    state = train.init_state(prompts, tx, False)
+    consts = train.phase_constants(method, plan, prompts, params, method.class_texts(params, ["a", "b", "c"]), None)
+    step = train.make_train_step(method, plan, tx)
+    batch = random_batch(4, cfg.image_resolution, 3)
+    assert "bf16" in step.lower(state, params, consts, batch).as_text()   # the step really computes in bf16
+    before = {k: np.array(v) for k, v in P.flatten(prompts).items()}   # copies: the step donates the state
+    for _ in range(2):   # the second step also reads the momentum the first one wrote
+        state, metrics = step(state, params, consts, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    for path, leaf in P.flatten(state.prompts).items():
+        assert leaf.dtype == jnp.float32, (path, leaf.dtype)
+        assert not np.array_equal(np.asarray(leaf), before[path]), f"{path} did not train"
+    opt_leaves = jax.tree_util.tree_leaves_with_path(state.opt_state)
+    floats = [(jax.tree_util.keystr(k), x.dtype) for k, x in opt_leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+    assert len(floats) >= len(before), floats   # a momentum trace per prompt leaf, at least
+    assert all(dtype == jnp.float32 for _, dtype in floats), floats
+    assert all(jnp.issubdtype(x.dtype, jnp.integer) for _, x in opt_leaves if not jnp.issubdtype(x.dtype, jnp.inexact))

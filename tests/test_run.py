@@ -2,11 +2,14 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
-from aple_jax import train
-from aple_jax.run import run
+from aple_jax import checkpoint, evaluate, train
+from aple_jax import prompts as P
+from aple_jax.data.pipeline import eval_loader
+from aple_jax.run import build_setting, run
 from tests.helpers import tiny_config
 
 SMALL = dict(dataset__shots=8, batch_size=8, eval_batch_size=16, stage1__epochs=1, stage2__epochs=1,
@@ -39,16 +42,87 @@ def test_rerun_of_a_finished_run_returns_its_results(tmp_path):
 def test_interrupted_run_resumes_to_the_same_prompts_bit_for_bit(tmp_path):
     config = tiny_config("aple", checkpoint_every_steps=3, **SMALL)
     run(config, str(tmp_path / "full"))
-    steps_per_phase = train.steps_per_epoch(5 * 8, 8)
-    stop = steps_per_phase + 4                       # inside phase V, after a mid-epoch checkpoint
+    steps_per_phase = train.steps_per_epoch(5 * 8, 8)   # 5: checkpoints at steps 3, 5 (end of L), 6 (inside V), ...
+    stop = steps_per_phase + 3                       # inside phase V, two steps after its mid-epoch checkpoint
     with pytest.raises(train.Preempted):
         run(config, str(tmp_path / "cut"), stop_at_step=stop)
+    with checkpoint.RunCheckpoints(str(tmp_path / "cut")) as ckpt:
+        last = ckpt.latest_step()
+        meta = ckpt.restore_meta(last)
+    assert (meta["phase"], meta["epoch"], meta["epoch_step"]) == (1, 0, 1)   # phase V, one step into its epoch
+    assert last == stop - 2                          # the restarted run must replay steps 7 and 8 from the data state
     resumed = run(config, str(tmp_path / "cut"))
     full, cut = _prompts(tmp_path / "full"), _prompts(tmp_path / "cut")
     assert full.keys() == cut.keys()
     for key in full:
         np.testing.assert_array_equal(cut[key], full[key], err_msg=key)
     assert resumed["accuracy"] == json.load(open(tmp_path / "full" / "results.json"))["accuracy"]
+
+
+def test_nan_mid_run_stops_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch):
+    """Epoch 1 trains at the warm-up lr and is checkpointed; on the first step of epoch 2 the lr overflows the
+    prompts while the loss of that step is still finite, and a mid-epoch checkpoint falls due right then."""
+    saved = []
+    real_save = checkpoint.RunCheckpoints.save
+
+    def recording_save(self, step, state, meta):
+        saved.append((step, jax.tree.map(np.array, state)))   # a host copy: the next step donates `state`
+        real_save(self, step, state, meta)
+
+    monkeypatch.setattr(checkpoint.RunCheckpoints, "save", recording_save)
+    config = tiny_config("ivlp", dataset__shots=4, batch_size=4, eval_batch_size=16, optim__epochs=2,
+                         optim__warmup_epochs=1, optim__warmup_lr=1e-5, optim__lr=1e38, log_every=100,
+                         checkpoint_every_steps=3)
+    per_epoch = train.steps_per_epoch(5 * 4, 4)
+    assert (per_epoch + 1) % 3 == 0                  # step 6: the first huge-lr step is followed by a checkpoint
+    message = rf"NaN or infinite in phase 'train' \(epoch 2, step {per_epoch + 1}\)"
+    with pytest.raises(FloatingPointError, match=message):
+        run(config, str(tmp_path))
+    assert [step for step, _ in saved] == [3, per_epoch]   # no save after the blow-up
+    good_step, good_state = saved[-1]
+    good = P.flatten(good_state.prompts)
+    assert all(np.isfinite(v).all() for v in good.values())
+    with checkpoint.RunCheckpoints(str(tmp_path)) as ckpt:
+        assert ckpt.latest_step() == good_step
+        assert ckpt.restore_meta(good_step)["epoch"] == 1
+        on_disk = P.flatten(ckpt.restore_state(good_step, good_state).prompts)
+    assert on_disk.keys() == good.keys()
+    for key in good:
+        np.testing.assert_array_equal(np.asarray(on_disk[key]), good[key], err_msg=key)
+    assert not os.path.exists(tmp_path / "results.json")
+
+
+def _base_accuracy_before_training(monkeypatch) -> list[float]:
+    """Wraps train.fit to evaluate the run's initial prompts on its base test split, just as run() evaluates."""
+    untrained = []
+    real_fit = train.fit
+
+    def fit(method, phases, prompts, ctx):
+        base = next(ev.splits for ev in build_setting(method.config).evals if ev.name == "base")
+        batches = eval_loader(base.test, global_batch_size=method.config.eval_batch_size,
+                              image_size=method.backbone.cfg.image_resolution, mesh=ctx.mesh)
+        untrained.append(evaluate.evaluate_batches(method, prompts[0], ctx.clip_params, list(base.classnames),
+                                                   base.template, batches).accuracy)
+        return real_fit(method, phases, prompts, ctx)
+
+    monkeypatch.setattr(train, "fit", fit)
+    return untrained
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,overrides", [
+    ("ivlp", dict(optim__epochs=40, optim__lr=0.02)),
+    ("aple", dict(stage1__epochs=1, stage2__epochs=24, optim__lr=0.02)),   # the random CLIP learns in stage II
+])
+def test_short_run_beats_chance_and_the_untrained_prompts(tmp_path, monkeypatch, method, overrides):
+    untrained = _base_accuracy_before_training(monkeypatch)
+    config = tiny_config(method, dataset__synthetic__test_per_class=20, log_every=1000, **overrides)
+    results = run(config, str(tmp_path))
+    chance = 100 / 5                                 # 5 base classes of the synthetic dataset's 10
+    base = results["accuracy"]["base"]
+    assert results["evals"]["base"]["num_examples"] == 5 * 20
+    assert len(untrained) == 1
+    assert base >= chance + 15 and base >= untrained[0] + 15, (base, untrained)
 
 
 def test_resuming_with_another_config_is_refused(tmp_path):

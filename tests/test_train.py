@@ -7,7 +7,8 @@ import pytest
 from aple_jax import losses as L
 from aple_jax import prompts as P
 from aple_jax import train
-from aple_jax.clip.backbone import load_backbone
+from aple_jax.clip import model as clip_model
+from aple_jax.clip.backbone import Backbone, load_backbone
 from aple_jax.methods import build_method
 from aple_jax.methods.base import Phase
 from tests.helpers import random_batch, tiny_config
@@ -103,22 +104,27 @@ def test_vision_phase_caches_text_features(tiny):
     assert [p.needs_teacher_text for p in plans] == [True, True, False]
 
 
-def test_training_lowers_the_loss_on_a_fixed_batch(tiny):
-    m = _method(tiny, "ivlp", optim__warmup_epochs=0, optim__lr=0.05)
+@pytest.mark.parametrize("name,phase_name", [("ivlp", "train"), ("aple", "L"), ("aple", "V"), ("aple", "LV")])
+def test_training_lowers_the_loss_on_a_fixed_batch(tiny, name, phase_name):
+    m = _method(tiny, name, optim__warmup_epochs=0, optim__lr=0.05)
     params = tiny[1]
     prompts = m.init(jax.random.key(0), params)
-    phase = m.phases()[0]
+    phase = next(p for p in m.phases() if p.name == phase_name)
     plan = train.plan_phase(m, phase, prompts)
     tx = train.make_optimizer(phase, plan.selection.labels(prompts), 1000, m.config.optim)
     state = train.init_state(prompts, tx, False)
-    consts = train.phase_constants(m, plan, prompts, params, m.class_texts(params, CLASSES), None)
+    texts = m.class_texts(params, CLASSES)
+    teacher = m.text_features({}, params, texts, ()) if plan.needs_teacher_text else None
+    consts = train.phase_constants(m, plan, prompts, params, texts, teacher)
     step = train.make_train_step(m, plan, tx)
     batch = random_batch(8, 32, len(CLASSES))
     losses = []
     for _ in range(30):
         state, metrics = step(state, params, consts, batch)
         losses.append(float(metrics["loss"]))
-    assert losses[-1] < 0.7 * losses[0]
+    assert set(metrics) >= set(phase.weights), metrics.keys()   # APLe's Stage I optimises CE + KL, not CE alone
+    # Phase L moves only the class text features (CE + KL to zero-shot): it levels off near 0.69 of the start.
+    assert losses[-1] < (0.8 if phase_name == "L" else 0.7) * losses[0], losses
     assert step._cache_size() == 1
 
 
@@ -148,3 +154,35 @@ def test_nan_loss_stops_with_a_clear_message(tiny):
     state = train.init_state(prompts, tx, False).replace(finite=jnp.asarray(False))
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
         train.check_finite(state, phase, 0, 3)
+
+
+def test_remat_gives_the_same_features_and_prompt_gradients(tiny):
+    """backbone.remat=True recomputes the blocks' activations in the backward pass: same numbers, less memory."""
+    backbone, params, tokenizer = tiny
+    remat = Backbone(clip_model.CLIP(backbone.cfg, jnp.float32, remat=True))   # as load_backbone(..., remat=True)
+    config = tiny_config("ivlp", optim__warmup_epochs=0)
+    prompts = build_method(config, backbone, tokenizer).init(jax.random.key(0), params)
+    batch = random_batch(4, 32, len(CLASSES))
+    out = {}
+    for flag, b in ((False, backbone), (True, remat)):
+        m = build_method(config, b, tokenizer)
+        texts = m.class_texts(params, CLASSES)
+        plan = train.plan_phase(m, m.phases()[0], prompts)
+        loss_fn = train.make_loss_fn(m, plan)
+        trained, frozen = P.split(prompts, plan.selection.leaves)
+
+        def features_and_grads(trained, frozen, texts, batch, m=m, loss_fn=loss_fn):
+            grads, metrics = jax.grad(loss_fn, has_aux=True)(trained, frozen, params, {"texts": texts}, batch)
+            return m.features(P.merge(frozen, trained), params, texts, batch["image"]), grads, metrics["loss"]
+
+        traced = jax.jit(features_and_grads).trace(trained, frozen, texts, batch)
+        program = str(traced.jaxpr)
+        assert ("remat" in program or "checkpoint" in program) == flag   # the flag really changes the program
+        out[flag] = traced.lower().compile()(trained, frozen, texts, batch)
+    ((img0, txt0), g0, l0), ((img1, txt1), g1, l1) = out[False], out[True]
+    assert sorted(g0) == sorted(P.flatten(prompts))   # every prompt leaf of both towers has a gradient
+    for name, a, b in (("image features", img0, img1), ("text features", txt0, txt1), ("loss", l0, l1),
+                       *((f"grad {k}", g0[k], g1[k]) for k in g0)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.linalg.norm(a) > 0, name
+        assert np.linalg.norm(b - a) <= 1e-6 * np.linalg.norm(a), name
