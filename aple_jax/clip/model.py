@@ -13,6 +13,7 @@ With no prompts both towers compute plain CLIP.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -249,9 +250,14 @@ def normalize(x: Array) -> Array:
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_init(cfg: CLIPConfig) -> Any:
+    """One jitted `CLIP(cfg).init` per config, so repeated inits do not compile again."""
+    return jax.jit(CLIP(cfg).init)
+
+
 def init_params(cfg: CLIPConfig, seed: int = 0) -> Params:
     """Random fp32 parameters of a CLIP with this config (tests and benchmarks)."""
-    model = CLIP(cfg)
     images = jnp.zeros((1, cfg.image_resolution, cfg.image_resolution, 3), jnp.float32)
     tokens = jnp.zeros((1, cfg.context_length), jnp.int32)
-    return jax.jit(model.init)(jax.random.key(seed), images, tokens)["params"]
+    return _compiled_init(cfg)(jax.random.key(seed), images, tokens)["params"]
