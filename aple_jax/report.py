@@ -39,15 +39,15 @@ class ReportError(ValueError):
     """Run directories that cannot be reported: unfinished, malformed, or mixing incompatible configs."""
 
 
-def format_run(results: dict[str, Any]) -> str:
-    """A Markdown table of one run's accuracies (and HM for base-to-novel)."""
-    names = list(results["accuracy"])
-    header = "| method | dataset | seed | " + " | ".join(names) + (" | HM |" if "hm" in results else " |")
-    rule = "|" + "---|" * (3 + len(names) + ("hm" in results))
-    row = (f"| {results['method']} | {results['dataset']} | {results['seed']} | "
-           + " | ".join(f"{results['accuracy'][n]:.2f}" for n in names)
-           + (f" | {results['hm']:.2f} |" if "hm" in results else " |"))
-    return "\n".join([header, rule, row])
+def format_run(results: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """A Markdown table of one run's accuracies (and HM for base-to-novel); a row per seed of a packed run."""
+    runs = results if isinstance(results, list) else [results]
+    names, with_hm = list(runs[0]["accuracy"]), "hm" in runs[0]
+    header = "| method | dataset | seed | " + " | ".join(names) + (" | HM |" if with_hm else " |")
+    rule = "|" + "---|" * (3 + len(names) + with_hm)
+    rows = [f"| {r['method']} | {r['dataset']} | {r['seed']} | " + " | ".join(f"{r['accuracy'][n]:.2f}" for n in names)
+            + (f" | {r['hm']:.2f} |" if with_hm else " |") for r in runs]
+    return "\n".join([header, rule, *rows])
 
 
 # ---------------------------------------------------------------------------------------------------- runs, groups

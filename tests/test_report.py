@@ -249,6 +249,11 @@ def test_format_run_unchanged():
     assert table.splitlines()[-1] == "| aple | DTD | 1 | 80.00 | 60.00 | 68.57 |"
 
 
+def test_format_run_of_packed_seeds_has_a_row_per_seed():
+    runs = [{"method": "aple", "dataset": "DTD", "seed": s, "accuracy": {"all": 50.0 + s}} for s in (2, 3)]
+    assert R.format_run(runs).splitlines()[2:] == ["| aple | DTD | 2 | 52.00 |", "| aple | DTD | 3 | 53.00 |"]
+
+
 def test_reference_numbers_are_internally_consistent():
     """Catches transcription slips: HM = 2BN/(B+N) and per-dataset means = the README averages, to 0.01."""
     names = {"CLIP": "CLIP (hand-crafted)"}
