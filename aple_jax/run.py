@@ -155,7 +155,7 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     config = pending[0][0]
     dist = config.distributed
     sharding.maybe_initialize_distributed(dist.coordinator or None, dist.num_processes or None,
-                                          dist.process_id if dist.process_id >= 0 else None)
+                                          dist.process_id if dist.process_id >= 0 else None, dist.get("auto", False))
     mesh = sharding.make_mesh()
     t0 = time.time()
     backbone, clip_params, tokenizer = load_backbone(config.backbone.name, config.backbone.weights,

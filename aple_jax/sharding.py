@@ -12,10 +12,15 @@ DATA_AXIS = "data"
 
 
 def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> None:
-    """Starts `jax.distributed` when asked to by arguments or by JAX_COORDINATOR_ADDRESS etc."""
+                                 process_id: int | None = None, auto: bool = False) -> None:
+    """Starts `jax.distributed` when asked to by arguments or by JAX_COORDINATOR_ADDRESS etc.; with `auto` and no
+    coordinator, through JAX's own cluster detection (Cloud TPU pod slices, SLURM, Open MPI)."""
+    if jax.distributed.is_initialized():
+        return
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if not coordinator:
+        if auto:
+            jax.distributed.initialize()
         return
     # Cross-process collectives on CPU hosts go through gloo; GPU and TPU backends ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

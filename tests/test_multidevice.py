@@ -83,3 +83,19 @@ def test_training_on_8_devices_matches_1_device():
 
 def test_two_processes_train_together_like_one():
     _assert_same_prompts(_two_processes("train"), _worker("train"))
+
+
+def test_distributed_start_needs_a_coordinator_or_auto(monkeypatch):
+    """No coordinator: a single process; `auto`: JAX's own cluster detection (initialize() without arguments)."""
+    import jax
+
+    from aple_jax import sharding
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    sharding.maybe_initialize_distributed()
+    assert calls == []
+    sharding.maybe_initialize_distributed(auto=True)
+    assert calls == [{}]   # (the explicit start is exercised for real by the two-process tests above)
