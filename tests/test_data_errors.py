@@ -56,7 +56,7 @@ def test_unreadable_image(pets_root):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(UnknownDatasetError, match="'imagenet_z'.*OxfordPets"):
+    with pytest.raises(UnknownDatasetError, match="'imagenet_z'.*OxfordPets.*docs/data.md"):
         build_dataset("imagenet_z", "/nowhere", shots=1, seed=1)
     with pytest.raises(UnknownDatasetError, match="FGVC-Aircraft"):
         build_dataset("tfds:fgvc_aircraft", None, shots=1, seed=1)

@@ -84,6 +84,15 @@ def test_train_transform_is_seeded_and_flips():
     assert 30 < flips < 70
 
 
+def test_full_crop_scale_keeps_the_whole_image():
+    """crop_scale (1, 1) on a square image: the whole image, resized, flipped or not (the world's :demo)."""
+    image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    whole = eval_transform(image, 64)
+    for seed in range(10):
+        out = train_transform(image, 64, np.random.default_rng(seed), crop_scale=(1.0, 1.0))
+        assert np.array_equal(out, whole) or np.array_equal(out, whole[:, ::-1])
+
+
 def test_parity_with_torchvision():
     tv = pytest.importorskip("torchvision.transforms")
     torch = pytest.importorskip("torch")

@@ -21,6 +21,10 @@ B2N = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Fo
 def test_expand_datasets():
     assert sweep.expand_datasets("base2new11") == B2N
     assert sweep.expand_datasets("OxfordPets, DTD,") == ["OxfordPets", "DTD"]
+    assert sweep.expand_datasets("world3,world:WorldShapes-Sketch") == [
+        "world:WorldObjects", "world:WorldCounts", "world:WorldScenes", "world:WorldShapes-Sketch"]
+    with pytest.raises(ValueError, match="unknown world dataset 'Nope'.*WorldObjects"):
+        sweep.expand_datasets("world:Nope")
     with pytest.raises(ValueError, match="unknown dataset 'Foo'"):
         sweep.expand_datasets("OxfordPets,Foo")
 
