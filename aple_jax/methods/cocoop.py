@@ -1,6 +1,6 @@
 """CoCoOp: CoOp's context plus a meta-net that adds an image-conditioned bias to every context token.
 
-Each image gets its own class prompts, so the text tower runs once per image: batched with vmap over images. With
+Each image gets its own class prompts: the B x C prompts of a batch go through the text tower as one batch. With
 `cocoop.class_chunk = k > 0` the classes go through the tower k at a time (`lax.map` over chunks, each chunk
 rematerialised in the backward pass), so memory grows with B x k prompts instead of B x C.
 """
@@ -52,9 +52,11 @@ class CoCoOp(Method):
 
     def per_image_text_features(self, clip_params: Any, texts: P.ClassTexts, ctx: Array) -> Array:
         """(B, C, P) text features of every class prompt under each image's context `ctx` (B, n_ctx, D)."""
-        def encode(embeds: Array, eot_idx: Array) -> Array:   # one set of classes, every image
-            per_image = lambda c: self.backbone.text(clip_params, P.with_context(embeds, c), eot_idx)
-            return jax.vmap(per_image)(ctx)
+        def encode(embeds: Array, eot_idx: Array) -> Array:   # one set of classes, every image, in one text pass
+            b, k = ctx.shape[0], embeds.shape[0]
+            prompted = jax.vmap(lambda c: P.with_context(embeds, c))(ctx)                   # (B, k, L, D)
+            flat = self.backbone.text(clip_params, prompted.reshape(b * k, *embeds.shape[1:]), jnp.tile(eot_idx, b))
+            return flat.reshape(b, k, -1)
 
         c = texts.embeds.shape[0]
         if not 0 < self.class_chunk < c:
