@@ -9,7 +9,7 @@ import pytest
 from aple_jax import checkpoint, evaluate, train
 from aple_jax import prompts as P
 from aple_jax.data.pipeline import eval_loader
-from aple_jax.run import build_setting, run
+from aple_jax.run import PROMPTS_META_KEY, build_setting, run
 from tests.helpers import tiny_config
 
 SMALL = dict(dataset__shots=8, batch_size=8, eval_batch_size=16, stage1__epochs=1, stage2__epochs=1,
@@ -17,8 +17,9 @@ SMALL = dict(dataset__shots=8, batch_size=8, eval_batch_size=16, stage1__epochs=
 
 
 def _prompts(workdir):
+    """The prompt leaves of a run's prompts.npz (without its provenance entry)."""
     with np.load(os.path.join(workdir, "prompts.npz")) as f:
-        return {k: f[k] for k in f.files}
+        return {k: f[k] for k in f.files if k != PROMPTS_META_KEY}
 
 
 def test_aple_run_writes_results_checkpoints_and_metrics(tmp_path):
