@@ -11,6 +11,7 @@ import numpy as np
 
 from aple_jax import losses as L
 from aple_jax import prompts as P
+from aple_jax import sharding
 from aple_jax.adapter import apply_adapter
 from aple_jax.methods.base import Method
 
@@ -69,3 +70,19 @@ def evaluate_batches(method: Method, prompts: P.Tree, clip_params: Any, classnam
     total = int(count.sum())
     per_class = [float(100.0 * c / n) if n else float("nan") for c, n in zip(correct, count)]
     return EvalResult(float(100.0 * correct.sum() / total), per_class, total)
+
+
+def dataset_image_features(method: Method, clip_params: Any, batches: Iterable[dict[str, Array]], num_examples: int,
+                           mesh: Any, adapter: bool) -> Array:
+    """(N, P) frozen-CLIP image features of the first `num_examples` examples of sequential padded batches, in
+    order, kept on device and replicated over `mesh` (the zero-shot teacher's per-example cache)."""
+    @jax.jit
+    def features(params, images):
+        images = apply_adapter(images, method.adapter) if adapter else images
+        return method.backbone.image(params, images)
+
+    chunks = [features(clip_params, batch["image"]) for batch in batches]
+    if not chunks:
+        raise ValueError("no batches to compute image features from")
+    gather = jax.jit(lambda xs: jnp.concatenate(xs)[:num_examples], out_shardings=sharding.replicated(mesh))
+    return gather(chunks)

@@ -104,6 +104,16 @@ def teacher_text_features(method: Method, config: ml_collections.ConfigDict, cli
                                   options[config.teacher.templates], config.teacher.ensemble)
 
 
+def teacher_image_features(method: Method, config: ml_collections.ConfigDict, clip_params: Any,
+                           splits: DatasetSplits, mesh: Any, image_size: int) -> Any:
+    """The zero-shot teacher's (N, P) image features of every training example, test-transformed (and filtered
+    when the teacher sees the adapter's output), computed once per dataset for `teacher.images = "cached"`."""
+    batches = eval_loader(splits.train, global_batch_size=config.eval_batch_size, image_size=image_size, mesh=mesh,
+                          num_workers=config.dataset.num_workers)
+    return evaluate.dataset_image_features(method, clip_params, batches, len(splits.train), mesh,
+                                           adapter=method.teacher_sees_adapter)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None) -> Any:
     """Trains (resuming if the run directory has checkpoints) and evaluates; returns and writes results.json.
 
@@ -216,15 +226,25 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
     plans = [train.plan_phase(method, ph, jobs[0].prompts) for ph in phases]   # checks every phase first
     needs_teacher = any(plan.needs_teacher_text for plan in plans)
     teacher = teacher_text_features(method, config, clip_params, train_split) if needs_teacher else None
+    teacher_images = None
+    if any(plan.teacher_image_cached for plan in plans):
+        teacher_images = _same_length([teacher_image_features(method, config, clip_params, job.setting.train, mesh,
+                                                              image_size) for job in jobs])
     seeds = [_seed_run(job, phases, mesh, image_size, evaluate_all) for job in jobs]
     ctx = train.FitContext(mesh, clip_params, texts, teacher, config.optim, seeds, config.log_every,
-                           config.checkpoint_every_steps, stop_at_step, compilations)
+                           config.checkpoint_every_steps, stop_at_step, compilations, teacher_images)
     try:
         return train.fit(method, phases, [job.prompts for job in jobs], ctx)
     finally:
         for seed in seeds:
             seed.writer.close()
             seed.checkpoints.close()
+
+
+def _same_length(caches: list[Any]) -> list[Any]:
+    """Per-seed caches zero-padded to one length, so that packed seeds stack them (indices never reach the pad)."""
+    n = max(c.shape[0] for c in caches)
+    return [c if c.shape[0] == n else jax.numpy.pad(c, ((0, n - c.shape[0]), (0, 0))) for c in caches]
 
 
 def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.SeedRun:

@@ -73,6 +73,7 @@ class PhasePlan:
     cache_text: bool        # no text-side leaf trains: class text features are a constant of the phase
     needs_teacher_text: bool
     needs_teacher_image: bool
+    teacher_image_cached: bool   # the teacher's image features come from a per-example cache, not a forward
 
 
 TEXT_SIDE = ("text/", "meta_net/")   # leaves whose values change class text features
@@ -82,11 +83,13 @@ def plan_phase(method: Method, phase: Phase, prompts: P.Tree) -> PhasePlan:
     selection = P.select(prompts, phase.train)
     w = phase.weights
     trains_text = any(leaf.startswith(TEXT_SIDE) for leaf in selection.leaves)
+    needs_teacher_image = any(w.get(k) for k in ("kl", "l1_image"))
     return PhasePlan(
         phase=phase, selection=selection,
         cache_text=not trains_text and not method.per_image_text,
         needs_teacher_text=any(w.get(k) for k in ("kl", "l1_text", "text_cos")),
-        needs_teacher_image=any(w.get(k) for k in ("kl", "l1_image")),
+        needs_teacher_image=needs_teacher_image,
+        teacher_image_cached=needs_teacher_image and method.teacher_images == "cached",
     )
 
 
@@ -107,7 +110,9 @@ def make_loss_fn(method: Method, plan: PhasePlan) -> Callable:
         scale = backbone.logit_scale(clip_params)
         logits = L.cosine_logits(scale, img, txt)
         terms = {"ce": L.cross_entropy(logits, batch["label"])}
-        if plan.needs_teacher_image:
+        if plan.teacher_image_cached:   # the clean training image's features, by the example's index
+            zs_img = consts["teacher_image"][batch["index"]]
+        elif plan.needs_teacher_image:
             plain_student = not method.uses_vision_prompts(prompts, present) and teacher_in is student_in
             zs_img = jax.lax.stop_gradient(img) if plain_student else backbone.image(clip_params, teacher_in)
         if "kl" in weights:
@@ -169,8 +174,9 @@ def accumulate_gpa(state: TrainState, weight: float) -> TrainState:
 # -------------------------------------------------------------------------------------------- phase constants
 
 def phase_constants(method: Method, plan: PhasePlan, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts,
-                    teacher_text: Array | None) -> dict[str, Any]:
-    """Constants computed once per phase: cached class text features, the zero-shot teacher's text features."""
+                    teacher_text: Array | None, teacher_image: Array | None = None) -> dict[str, Any]:
+    """Constants computed once per phase: cached class text features, the zero-shot teacher's text features and,
+    with `teacher.images = "cached"`, its (N, P) image features of the training examples."""
     consts: dict[str, Any] = {"texts": texts}
     if plan.cache_text:
         consts["text_cache"] = method.text_features_jit(prompts, clip_params, texts, plan.phase.present)
@@ -178,6 +184,10 @@ def phase_constants(method: Method, plan: PhasePlan, prompts: P.Tree, clip_param
         if teacher_text is None:
             raise ValueError(f"phase {plan.phase.name!r} needs zero-shot teacher text features")
         consts["teacher_text"] = teacher_text
+    if plan.teacher_image_cached:
+        if teacher_image is None:
+            raise ValueError(f"phase {plan.phase.name!r} needs the zero-shot teacher's cached image features")
+        consts["teacher_image"] = teacher_image
     return consts
 
 
@@ -227,6 +237,7 @@ class FitContext:
     checkpoint_every_steps: int = 0            # 0: at epoch and phase ends only
     stop_at_step: int | None = None            # simulate a preemption (tests)
     compilations: dict[str, int] = dataclasses.field(default_factory=dict)
+    teacher_images: list[Array] | None = None  # per seed, (N, P), with `teacher.images = "cached"`
 
 
 class Preempted(RuntimeError):
@@ -315,7 +326,9 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
         states, start_epoch, skip_steps = resume["states"], resume["epoch"], resume["epoch_step"]
         for loader, data_state in zip(loaders, resume["data_states"]):
             loader.set_state(data_state)
-    consts = [phase_constants(method, plan, s.prompts, ctx.clip_params, ctx.texts, ctx.teacher_text) for s in states]
+    teacher_images = ctx.teacher_images or [None] * k
+    consts = [phase_constants(method, plan, s.prompts, ctx.clip_params, ctx.texts, ctx.teacher_text, t)
+              for s, t in zip(states, teacher_images)]
     # Replicated placement from the start, so the step sees the same input shardings on every call.
     state = sharding.replicate(pack(states), ctx.mesh)
     consts = sharding.replicate(pack(consts), ctx.mesh)

@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --methods aple,ivlp --classes 10,100 --batches 4
     python benchmarks/train_step.py --methods ivlp --classes 100 --pack 3    # 3 packed seeds vs 3 separate steps
     python benchmarks/train_step.py --methods cocoop --classes 100,1000 --batches 1,4 --dtype bfloat16 --remat
+    python benchmarks/train_step.py --methods aple --classes 1000 --teacher-images cached   # APLe's teacher cache
 
 With batch 1 and B in `--batches`, the last column compares one step at batch B with B steps at batch 1 (below 1x:
 batching pays). `--cocoop-chunk` sets CoCoOp's `cocoop.class_chunk` (classes per text-tower pass; 0: all at once).
@@ -47,11 +48,15 @@ def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, 
     tx = train.make_optimizer(phase, plan.selection.labels(prompts), 100, config.optim)
     texts = method.class_texts(params, [f"class {i}" for i in range(classes)])
     teacher = method.text_features({}, params, texts, ()) if plan.needs_teacher_text else None
-    consts = train.phase_constants(method, plan, prompts, params, texts, teacher)
     rng = np.random.default_rng(0)
+    num_images = 16 * classes   # a 16-shot training set, for the teacher's per-image cache
+    teacher_image = (jax.numpy.asarray(rng.normal(size=(num_images, backbone.cfg.embed_dim)), jax.numpy.float32)
+                     if plan.teacher_image_cached else None)
+    consts = train.phase_constants(method, plan, prompts, params, texts, teacher, teacher_image)
     size = backbone.cfg.image_resolution
     batch_arrays = {"image": jax.numpy.asarray(rng.normal(size=(batch, size, size, 3)), jax.numpy.float32),
-                    "label": jax.numpy.asarray(rng.integers(0, classes, batch), jax.numpy.int32)}
+                    "label": jax.numpy.asarray(rng.integers(0, classes, batch), jax.numpy.int32),
+                    "index": jax.numpy.asarray(rng.integers(0, num_images, batch), jax.numpy.int32)}
     state = train.init_state(prompts, tx, phase.gpa is not None)
     if pack > 1:
         state, consts, batch_arrays = (train.pack([x] * pack) for x in (state, consts, batch_arrays))
@@ -90,6 +95,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="backbone compute dtype")
     ap.add_argument("--remat", action="store_true", help="rematerialise the backbone's blocks")
     ap.add_argument("--cocoop-chunk", type=int, default=None, help="cocoop.class_chunk (default: the config's)")
+    ap.add_argument("--teacher-images", default="augmented", choices=("augmented", "cached"),
+                    help="teacher.images: the zero-shot teacher's image forward per step, or a per-image cache")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     cfg = clip_model.get_config(args.backbone)
@@ -98,6 +105,7 @@ def main() -> None:
     batches = sorted(set(map(int, args.batches.split(","))))
     rows = []
     print(f"{args.backbone}, {args.dtype}{', remat' if args.remat else ''}, batches {batches}, "
+          f"teacher images {args.teacher_images}, "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)\n")
     print("| method | phase | C | batch | step (s) | peak memory (GB) | vs B steps at batch 1 |\n"
           "|---|---|---|---|---|---|---|")
@@ -106,6 +114,7 @@ def main() -> None:
         n_phases = len(build_method(config, backbone, Tokenizer.builtin_tiny()).phases())
         chunked = name == "cocoop" and args.cocoop_chunk is not None
         overrides = {"cocoop.class_chunk": args.cocoop_chunk} if chunked else {}
+        overrides["teacher.images"] = args.teacher_images
         for classes in map(int, args.classes.split(",")):
             for index in range(n_phases):
                 single = None   # this row's batch-1 step time, once measured

@@ -57,7 +57,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
                                              warmup_epochs=1, warmup_lr=1e-5))
     c.loss_weights = ml_collections.ConfigDict(dict(ce=1.0))
     c.kl = ml_collections.ConfigDict(dict(temperature=1.0, direction="zs_p", reduction="sum_over_bc"))
-    c.teacher = ml_collections.ConfigDict(dict(templates="dataset", ensemble="raw_mean"))
+    # The zero-shot teacher of KL/L1 terms. images: "augmented" runs frozen CLIP on each step's augmented batch;
+    # "cached" computes each training image's features once, test-transformed, and reuses them every epoch.
+    c.teacher = ml_collections.ConfigDict(dict(templates="dataset", ensemble="raw_mean", images="augmented"))
     c.gpa = ml_collections.ConfigDict(dict(enabled=False, mean=15.0, std=1.0))
     c.zeroshot = ml_collections.ConfigDict(dict(templates="dataset"))
     c.batch_size = 4

@@ -46,6 +46,8 @@ def test_train_batches_are_global_sharded_arrays(mesh):
     assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
     assert batch["label"].dtype == np.int32 and batch["label"].sharding.spec == jax.P("data")
     assert loader.steps_per_epoch == 2
+    # "index" is each example's position in the source (IndexSource labels example i with i).
+    np.testing.assert_array_equal(np.asarray(batch["index"]), np.asarray(batch["label"]))
 
 
 def test_epochs_are_reshuffled_and_drop_last(mesh):

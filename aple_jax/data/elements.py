@@ -37,7 +37,10 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class TrainElement:
-    """Local position -> augmented example {"image": float32 (S, S, 3), "label": int32}."""
+    """Local position -> augmented example {"image": float32 (S, S, 3), "label": int32, "index": int32}.
+
+    "index" is the example's position in `source`, the key of per-example caches (the zero-shot teacher's).
+    """
 
     def __init__(self, source: Sequence[dict[str, Any]], layout: BatchLayout, image_size: int, seed: int,
                  augment: bool, crop_scale: tuple[float, float] = CLIP_CROP_SCALE):
@@ -66,7 +69,7 @@ class TrainElement:
             image = train_transform(example["image"], self.image_size, rng, self.crop_scale)
         else:
             image = test_transform(example["image"], self.image_size)
-        return {"image": image, "label": np.int32(example["label"])}
+        return {"image": image, "label": np.int32(example["label"]), "index": np.int32(index)}
 
 
 class EvalElement:

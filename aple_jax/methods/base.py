@@ -21,6 +21,9 @@ from aple_jax.losses import TERMS, KLOptions
 
 Array = jax.Array
 MODALITIES = ("text", "vision")
+# What the zero-shot teacher's image features are computed from: each step's augmented batch (one more image
+# forward per step), or each training image once, test-transformed, cached for every epoch.
+TEACHER_IMAGES = ("augmented", "cached")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +75,9 @@ class Method:
         self.adapter_train = self.adapter is not None and adapter_cfg.get("apply_train", True)
         self.adapter_test = self.adapter is not None and adapter_cfg.get("apply_test", True)
         self.teacher_sees_adapter = self.adapter_train and adapter_cfg.get("teacher_input", "fused") == "fused"
+        self.teacher_images = (config.get("teacher") or {}).get("images", "augmented")
+        if self.teacher_images not in TEACHER_IMAGES:
+            raise ValueError(f"teacher.images={self.teacher_images!r}; expected one of {TEACHER_IMAGES}")
         kl = config.get("kl") or {}
         # One compiled text tower per method and class-set shape, for evaluation and the phases' text caches.
         self.text_features_jit = jax.jit(self.text_features, static_argnums=(3,))
