@@ -79,3 +79,19 @@ def test_bf16_training_keeps_prompts_and_optimizer_state_fp32(tiny):
     assert len(floats) >= len(before), floats   # a momentum trace per prompt leaf, at least
     assert all(dtype == jnp.float32 for _, dtype in floats), floats
     assert all(jnp.issubdtype(x.dtype, jnp.integer) for _, x in opt_leaves if not jnp.issubdtype(x.dtype, jnp.inexact))
+
+
+
+def test_bf16_towers_keep_an_fp32_residual_stream(tiny):
+    """Only the blocks' matmuls run in bf16: every block of both towers adds its update to an fp32 stream."""
+    cfg, params = tiny
+    model = M.CLIP(cfg, jnp.bfloat16)
+    ids = jnp.ones((3, 7), jnp.int32)
+    calls = [(M.CLIP.encode_image, (jnp.zeros((2, 32, 32, 3)),)),
+             (M.CLIP.encode_text, (model.apply({"params": params}, ids, method=M.CLIP.embed_tokens), jnp.full(3, 6)))]
+    for method, args in calls:
+        _, state = model.apply({"params": params}, *args, method=method, capture_intermediates=True)
+        flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+        blocks = {jax.tree_util.keystr(path): leaf.dtype for path, leaf in flat
+                  if re.search(r"\['resblocks\.\d+'\]\['__call__'\]", jax.tree_util.keystr(path))}
+        assert len(blocks) == cfg.vision_layers and all(d == jnp.float32 for d in blocks.values()), blocks

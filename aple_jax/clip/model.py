@@ -103,7 +103,11 @@ class MLP(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+
+    The residual stream `x` is fp32 under every compute dtype: the attention and MLP run in `dtype` and their
+    outputs are added in fp32, so bf16 rounds each block's update, never the accumulated stream.
+    """
     num_heads: int
     mlp_ratio: int
     activation: str
@@ -113,9 +117,9 @@ class ResidualAttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         h = _layer_norm("ln_1")(x).astype(self.dtype)
-        x = x + Attention(self.num_heads, self.causal, self.dtype, name="attn")(h)
+        x = x + Attention(self.num_heads, self.causal, self.dtype, name="attn")(h).astype(x.dtype)
         h = _layer_norm("ln_2")(x).astype(self.dtype)
-        return x + MLP(x.shape[-1] * self.mlp_ratio, self.activation, self.dtype, name="mlp")(h)
+        return x + MLP(x.shape[-1] * self.mlp_ratio, self.activation, self.dtype, name="mlp")(h).astype(x.dtype)
 
 
 class Transformer(nn.Module):
@@ -167,10 +171,11 @@ class VisionTransformer(nn.Module):
         x = x.reshape(b, -1, width)
         cls = self.param("class_embedding", nn.initializers.normal(width ** -0.5), (width,))
         pos = self.param("positional_embedding", nn.initializers.normal(width ** -0.5), (cfg.num_patches + 1, width))
+        x = x.astype(jnp.float32)   # the residual stream stays fp32; only the blocks' matmuls run in self.dtype
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, width)), x], axis=1) + pos.astype(x.dtype)
         if shallow_prompts is not None:
             x = jnp.concatenate([x, _broadcast_rows(shallow_prompts, b).astype(x.dtype)], axis=1)
-        x = _layer_norm("ln_pre")(x).astype(self.dtype)
+        x = _layer_norm("ln_pre")(x)
 
         def replace_last(h: Array, prompt: Array) -> Array:
             n = prompt.shape[-2]
@@ -205,7 +210,7 @@ class TextTransformer(nn.Module):
         length = token_embeds.shape[1]
         if length > self.cfg.context_length:
             raise ValueError(f"text of {length} tokens exceeds the context length {self.cfg.context_length}")
-        x = (token_embeds + self.positional_embedding[:length]).astype(self.dtype)
+        x = (token_embeds + self.positional_embedding[:length]).astype(jnp.float32)   # fp32 residual stream
 
         def replace_ctx(h: Array, prompt: Array) -> Array:
             n = prompt.shape[-2]
