@@ -132,11 +132,12 @@ def test_maple_coupling_reproduces_ivlp_with_the_projected_prompts(tiny):
     assert float(jnp.abs(got - plain).max()) > 1e-3      # the coupled prompts do reach the vision tower
 
 
-def test_cocoop_class_chunks_match_all_classes_at_once(tiny):
+@pytest.mark.parametrize("per_pass", [8, 5])   # 3 x 7 = 21 prompts: 3 passes of 7; or 5 passes of 5, 4 padded
+def test_cocoop_text_passes_match_all_prompts_at_once(tiny, per_pass):
     backbone, params, tokenizer = tiny
-    classes = [f"class {i}" for i in range(7)]                       # chunks of 3 for C = 7: 3 chunks, 2 padded rows
-    whole = build_method(tiny_config("cocoop", cocoop__class_chunk=0), backbone, tokenizer)
-    chunked = build_method(tiny_config("cocoop", cocoop__class_chunk=3), backbone, tokenizer)
+    classes = [f"class {i}" for i in range(7)]
+    whole = build_method(tiny_config("cocoop", cocoop__prompts_per_pass=0), backbone, tokenizer)
+    chunked = build_method(tiny_config("cocoop", cocoop__prompts_per_pass=per_pass), backbone, tokenizer)
     prompts = whole.init(jax.random.key(0), params)
     texts = whole.class_texts(params, classes)
     batch = random_batch(3, backbone.cfg.image_resolution, len(classes))

@@ -1,8 +1,9 @@
 """CoCoOp: CoOp's context plus a meta-net that adds an image-conditioned bias to every context token.
 
-Each image gets its own class prompts: the B x C prompts of a batch go through the text tower as one batch. With
-`cocoop.class_chunk = k > 0` the classes go through the tower k at a time (`lax.map` over chunks, each chunk
-rematerialised in the backward pass), so memory grows with B x k prompts instead of B x C.
+Each image gets its own class prompts: B x C prompts per batch. With `cocoop.prompts_per_pass = k > 0` they go
+through the text tower at most k at a time, in balanced passes (`lax.map`, each pass rematerialised in the backward
+pass), so memory and the working set of every tower op stay those of k prompts at any batch size and class count;
+with k = 0, or B x C <= k, all prompts go in one pass.
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ class CoCoOp(Method):
 
     def __init__(self, config: ml_collections.ConfigDict, backbone: Backbone, tokenizer: Tokenizer):
         super().__init__(config, backbone, tokenizer)
-        self.class_chunk = int((config.get("cocoop") or {}).get("class_chunk", 0))
-        if self.class_chunk < 0:
-            raise ValueError(f"cocoop.class_chunk must be >= 0 (0: all classes at once), got {self.class_chunk}")
+        self.prompts_per_pass = int((config.get("cocoop") or {}).get("prompts_per_pass", 0))
+        if self.prompts_per_pass < 0:
+            raise ValueError(f"cocoop.prompts_per_pass must be >= 0 (0: all prompts in one pass), "
+                             f"got {self.prompts_per_pass}")
 
     def init(self, rng: Array, clip_params: Any) -> P.Tree:
         k_ctx, k1, k2 = jax.random.split(rng, 3)
@@ -52,20 +54,18 @@ class CoCoOp(Method):
 
     def per_image_text_features(self, clip_params: Any, texts: P.ClassTexts, ctx: Array) -> Array:
         """(B, C, P) text features of every class prompt under each image's context `ctx` (B, n_ctx, D)."""
-        def encode(embeds: Array, eot_idx: Array) -> Array:   # one set of classes, every image, in one text pass
-            b, k = ctx.shape[0], embeds.shape[0]
-            prompted = jax.vmap(lambda c: P.with_context(embeds, c))(ctx)                   # (B, k, L, D)
-            flat = self.backbone.text(clip_params, prompted.reshape(b * k, *embeds.shape[1:]), jnp.tile(eot_idx, b))
-            return flat.reshape(b, k, -1)
-
-        c = texts.embeds.shape[0]
-        if not 0 < self.class_chunk < c:
-            return encode(texts.embeds, texts.eot_idx)
-        n = -(-c // self.class_chunk)            # chunks needed; then the smallest equal chunk size that covers C
-        k = -(-c // n)
-        pad = n * k - c
-        embeds = jnp.pad(texts.embeds, ((0, pad), (0, 0), (0, 0))).reshape(n, k, *texts.embeds.shape[1:])
-        eot_idx = jnp.pad(texts.eot_idx, (0, pad)).reshape(n, k)
-        chunk = jax.checkpoint(encode, prevent_cse=False)   # backward recomputes one chunk at a time
-        out = jax.lax.map(lambda xs: chunk(*xs), (embeds, eot_idx))                      # (n, B, k, P)
-        return jnp.moveaxis(out, 0, 1).reshape(ctx.shape[0], n * k, -1)[:, :c]
+        b, c = ctx.shape[0], texts.embeds.shape[0]
+        prompted = jax.vmap(lambda x: P.with_context(texts.embeds, x))(ctx)               # (B, C, L, D)
+        prompted = prompted.reshape(b * c, *texts.embeds.shape[1:])
+        eot_idx = jnp.tile(texts.eot_idx, b)
+        total = b * c
+        if not 0 < self.prompts_per_pass < total:
+            return self.backbone.text(clip_params, prompted, eot_idx).reshape(b, c, -1)
+        n = -(-total // self.prompts_per_pass)   # passes needed; then the smallest equal pass that covers B x C
+        k = -(-total // n)
+        pad = n * k - total
+        prompted = jnp.pad(prompted, ((0, pad), (0, 0), (0, 0))).reshape(n, k, *prompted.shape[1:])
+        eot_idx = jnp.pad(eot_idx, (0, pad)).reshape(n, k)
+        encode = jax.checkpoint(lambda e, i: self.backbone.text(clip_params, e, i), prevent_cse=False)
+        out = jax.lax.map(lambda xs: encode(*xs), (prompted, eot_idx))                     # (n, k, P)
+        return out.reshape(n * k, -1)[:total].reshape(b, c, -1)
