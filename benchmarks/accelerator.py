@@ -9,6 +9,7 @@ Prints one Markdown table; `--json PATH` also writes the rows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -85,11 +86,26 @@ def backbone_rows(backbone: Backbone, params, batch: int, classes: int, repeats:
     return out
 
 
-def train_rows(backbone: Backbone, params, specs: list[tuple[str, int, int, int]], repeats: int,
-               peak: float, config_arg: str) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    method: str
+    phase_index: int
+    classes: int
+    pack: int = 1
+    batch: int = 4
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def suffix(self) -> str:
+        return "".join(f", {k}={v}" for k, v in self.overrides)
+
+
+def train_rows(backbone: Backbone, params, specs: list[TrainSpec], repeats: int, peak: float,
+               config_arg: str) -> list[dict]:
     out = []
-    for name, phase_index, classes, pack in specs:
-        step, args, phase = step_setup(backbone, params, name, classes, 4, phase_index, pack, config_arg)
+    for spec in specs:
+        step, args, phase = step_setup(backbone, params, spec.method, spec.classes, spec.batch, spec.phase_index,
+                                       spec.pack, config_arg, dict(spec.overrides))
         flops = flops_of(step, *args)
         state, rest = args[0], args[1:]
         holder = {"state": state}
@@ -99,9 +115,24 @@ def train_rows(backbone: Backbone, params, specs: list[tuple[str, int, int, int]
             return metrics
 
         seconds = timed(one_step, repeats)
-        label = f"train {name}/{phase}, C={classes}, batch 4" + (f", {pack} seeds packed" if pack > 1 else "")
-        out.append(row(label, seconds, 4 * pack, "images/s", flops, peak))
+        label = (f"train {spec.method}/{phase}, C={spec.classes}, batch {spec.batch}"
+                 + (f", {spec.pack} seeds packed" if spec.pack > 1 else "") + spec.suffix)
+        out.append(row(label, seconds, spec.batch * spec.pack, "images/s", flops, peak))
     return out
+
+
+def ratio_lines(rows: list[dict], classes: int) -> list[str]:
+    """The ratios the issues set targets for, from the rows of this one run."""
+    t = {r["benchmark"]: r["seconds"] for r in rows}
+    c10 = classes // 10
+    pairs = [("APLe V / LV (augmented teacher)", f"train aple/V, C={classes}, batch 4", f"train aple/LV, C={classes}, batch 4", 1),
+             ("APLe V / LV (teacher.images=cached)", f"train aple/V, C={classes}, batch 4, teacher.images=cached",
+              f"train aple/LV, C={classes}, batch 4", 1),
+             ("CoCoOp batch 4 / (4 x batch 1)", f"train cocoop/train, C={c10}, batch 4",
+              f"train cocoop/train, C={c10}, batch 1", 4),
+             ("IVLP 3 packed seeds / (3 x 1 seed)", f"train ivlp/train, C={classes}, batch 4, 3 seeds packed",
+              f"train ivlp/train, C={classes}, batch 4", 3)]
+    return [f"- {name}: {t[a] / (k * t[b]):.3f}" for name, a, b, k in pairs if a in t and b in t]
 
 
 def eval_row(backbone: Backbone, params, batch: int, classes: int, repeats: int, peak: float,
@@ -132,9 +163,11 @@ def main() -> None:
     params = sharding.replicate(clip_model.init_params(cfg), sharding.make_mesh())
     peak, peak_source = device_peak()
     batch, classes, repeats = (8, 10, 2) if args.smoke else (256, 1000, 10)
-    specs = [(m, i, c, 1) for m, i, c in (("aple", 0, classes), ("aple", 1, classes), ("aple", 2, classes),
-                                          ("ivlp", 0, classes), ("maple", 0, classes), ("cocoop", 0, classes // 10))]
-    specs.append(("ivlp", 0, classes, 3))
+    specs = [TrainSpec("aple", i, classes) for i in range(3)]
+    specs += [TrainSpec("aple", 1, classes, overrides=(("teacher.images", "cached"),)),
+              TrainSpec("ivlp", 0, classes), TrainSpec("maple", 0, classes),
+              TrainSpec("cocoop", 0, classes // 10, batch=1), TrainSpec("cocoop", 0, classes // 10),
+              TrainSpec("ivlp", 0, classes, pack=3)]
     rows = backbone_rows(backbone, params, batch, classes, repeats, peak)
     config_arg = "tiny" if args.smoke else ""   # the tiny preset keeps prompt depths within the tiny towers
     rows += train_rows(backbone, params, specs, repeats if args.smoke else 3, peak, config_arg)
@@ -145,6 +178,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['benchmark']} | {1e3 * r['seconds']:.2f} | {r['throughput']:.1f} {r['unit']} | "
               f"{r['tflops']:.2f} | {100 * r['mfu']:.1f}% |")
+    print("\n" + "\n".join(ratio_lines(rows, classes)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"peak": peak, "peak_source": peak_source, "rows": rows}, f, indent=2)

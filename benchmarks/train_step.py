@@ -7,10 +7,11 @@
     python benchmarks/train_step.py --methods aple --classes 1000 --teacher-images cached   # APLe's teacher cache
 
 With batch 1 and B in `--batches`, the last column compares one step at batch B with B steps at batch 1 (below 1x:
-batching pays). `--cocoop-chunk` sets CoCoOp's `cocoop.class_chunk` (classes per text-tower pass; 0: all at once).
+batching pays). `--cocoop-pass` sets CoCoOp's `cocoop.prompts_per_pass` (prompts per text-tower pass; 0: all at once).
 
 Memory is XLA's own account of the compiled step (arguments + outputs + temporaries - aliased), the peak the
-program needs on any backend; time is the median wall time of jitted steps after a warm-up step.
+program needs on any backend; time is the median wall time of jitted steps after a warm-up step. The batch sizes of
+one row take turns step by step, so their ratio is not skewed by the machine's speed drifting during the run.
 """
 from __future__ import annotations
 
@@ -66,21 +67,53 @@ def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, 
 
 
 def measure(step, args, repeats: int, budget_s: float) -> dict[str, float]:
-    compiled = step.lower(*args).compile()
-    mem = compiled.memory_analysis()
-    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-            - mem.alias_size_in_bytes)
-    state, rest = args[0], args[1:]
-    state, _ = step(state, *rest)
-    jax.block_until_ready(state)
-    times = []
+    return measure_interleaved([(step, args)], repeats, budget_s)[0]
+
+
+def measure_interleaved(setups: list[tuple[Any, tuple]], repeats: int, budget_s: float) -> list[dict[str, float]]:
+    """Peak memory and median step time of each (step, args); the programs take turns, one step each per round,
+    so that a drift in the machine's speed (a shared host) cancels out of the ratios between them."""
+    out, states = [], []
+    for step, args in setups:
+        mem = step.lower(*args).compile().memory_analysis()
+        peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                - mem.alias_size_in_bytes)
+        state, _ = step(args[0], *args[1:])
+        jax.block_until_ready(state)
+        states.append(state)
+        out.append({"peak_gb": peak / 1e9})
+    times: list[list[float]] = [[] for _ in setups]
     start = time.perf_counter()
-    while len(times) < repeats and (not times or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        state, metrics = step(state, *rest)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    return {"step_s": statistics.median(times), "peak_gb": peak / 1e9, "runs": len(times)}
+    while len(times[0]) < repeats and (not times[0] or time.perf_counter() - start < budget_s):
+        for i, (step, args) in enumerate(setups):
+            t0 = time.perf_counter()
+            states[i], metrics = step(states[i], *args[1:])
+            jax.block_until_ready(metrics)
+            times[i].append(time.perf_counter() - t0)
+    return [{"step_s": statistics.median(t), **o, "runs": len(t)} for t, o in zip(times, out)]
+
+
+def report_row(name: str, phase: str, classes: int, batches: list[int], pack: int,
+               results: dict[tuple[int, int], dict[str, float]]) -> list[dict[str, Any]]:
+    """Prints one method/phase/C row per batch size (and packed seeds); returns the JSON rows."""
+    rows = []
+    single = results.get((1, 1), {}).get("step_s")   # the batch-1 step time, when measured
+    for batch in batches:
+        r = results[(batch, 1)]
+        vs = ""
+        if single is not None and batch > 1:
+            r["vs_batch1"] = r["step_s"] / (batch * single)
+            vs = f"{r['vs_batch1']:.2f}x of {batch * single:.3f} s"
+        rows.append({"method": name, "phase": phase, "classes": classes, "batch": batch, **r})
+        print(f"| {name} | {phase} | {classes} | {batch} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | {vs} |",
+              flush=True)
+        if pack > 1:
+            p = results[(batch, pack)]
+            rows.append({"method": name, "phase": phase, "classes": classes, "batch": batch, "packed": pack, **p})
+            print(f"| {name} | {phase}, {pack} seeds packed: {p['step_s'] / pack:.3f} s per seed "
+                  f"({r['step_s'] / (p['step_s'] / pack):.2f}x) | {classes} | {batch} | {p['step_s']:.3f} | "
+                  f"{p['peak_gb']:.2f} | |", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -94,7 +127,8 @@ def main() -> None:
     ap.add_argument("--pack", type=int, default=1, help="also time this many seeds packed into one step")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="backbone compute dtype")
     ap.add_argument("--remat", action="store_true", help="rematerialise the backbone's blocks")
-    ap.add_argument("--cocoop-chunk", type=int, default=None, help="cocoop.class_chunk (default: the config's)")
+    ap.add_argument("--cocoop-pass", type=int, default=None,
+                    help="cocoop.prompts_per_pass (default: the config's)")
     ap.add_argument("--teacher-images", default="augmented", choices=("augmented", "cached"),
                     help="teacher.images: the zero-shot teacher's image forward per step, or a per-image cache")
     ap.add_argument("--json", default="")
@@ -112,33 +146,18 @@ def main() -> None:
     for name in args.methods.split(","):
         config = importlib.import_module(f"configs.{name}").get_config("")
         n_phases = len(build_method(config, backbone, Tokenizer.builtin_tiny()).phases())
-        chunked = name == "cocoop" and args.cocoop_chunk is not None
-        overrides = {"cocoop.class_chunk": args.cocoop_chunk} if chunked else {}
+        chunked = name == "cocoop" and args.cocoop_pass is not None
+        overrides = {"cocoop.prompts_per_pass": args.cocoop_pass} if chunked else {}
         overrides["teacher.images"] = args.teacher_images
         for classes in map(int, args.classes.split(",")):
             for index in range(n_phases):
-                single = None   # this row's batch-1 step time, once measured
-                for batch in batches:
-                    step, step_args, phase = step_setup(backbone, params, name, classes, batch, index,
-                                                        overrides=overrides)
-                    r = measure(step, step_args, args.repeats, args.budget)
-                    single = r["step_s"] if batch == 1 else single
-                    vs = ""
-                    if single is not None and batch > 1:
-                        r["vs_batch1"] = r["step_s"] / (batch * single)
-                        vs = f"{r['vs_batch1']:.2f}x of {batch * single:.3f} s"
-                    rows.append({"method": name, "phase": phase, "classes": classes, "batch": batch, **r})
-                    print(f"| {name} | {phase} | {classes} | {batch} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | "
-                          f"{vs} |", flush=True)
-                    if args.pack > 1:
-                        step, step_args, _ = step_setup(backbone, params, name, classes, batch, index, args.pack,
-                                                        overrides=overrides)
-                        p = measure(step, step_args, args.repeats, args.budget)
-                        rows.append({"method": name, "phase": phase, "classes": classes, "batch": batch,
-                                     "packed": args.pack, **p})
-                        print(f"| {name} | {phase}, {args.pack} seeds packed: {p['step_s'] / args.pack:.3f} s per "
-                              f"seed ({r['step_s'] / (p['step_s'] / args.pack):.2f}x) | {classes} | {batch} | "
-                              f"{p['step_s']:.3f} | {p['peak_gb']:.2f} | |", flush=True)
+                keys = [(batch, k) for batch in batches for k in ((1, args.pack) if args.pack > 1 else (1,))]
+                setups = [step_setup(backbone, params, name, classes, batch, index, k, overrides=overrides)
+                          for batch, k in keys]
+                phase = setups[0][2]
+                results = dict(zip(keys, measure_interleaved([s[:2] for s in setups], args.repeats, args.budget)))
+                del setups
+                rows += report_row(name, phase, classes, batches, args.pack, results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -15,13 +15,16 @@ def test_accelerator_benchmark_smoke(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| train aple/V, C=10, batch 4 |" in out.stdout and "3 seeds packed" in out.stdout
+    for ratio in ("APLe V / LV (teacher.images=cached)", "CoCoOp batch 4 / (4 x batch 1)",
+                  "IVLP 3 packed seeds / (3 x 1 seed)"):
+        assert f"- {ratio}: " in out.stdout, out.stdout
     assert os.path.getsize(tmp_path / "r.json") > 0
 
 
 @pytest.mark.slow
 def test_train_step_benchmark_smoke(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/train_step.py", "--backbone", "tiny", "--methods", "cocoop",
-                          "--classes", "5", "--batches", "1,2", "--cocoop-chunk", "2", "--dtype", "bfloat16",
+                          "--classes", "5", "--batches", "1,2", "--cocoop-pass", "2", "--dtype", "bfloat16",
                           "--remat", "--repeats", "1", "--budget", "1", "--json", str(tmp_path / "r.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
