@@ -84,12 +84,17 @@ def test_cache_holds_each_training_image_once_in_source_order(tiny):
         np.testing.assert_allclose(np.asarray(cache[i]), np.asarray(want), rtol=1e-4, atol=1e-6)
 
 
-def test_run_with_the_cached_teacher_trains_and_compiles_each_phase_once(tmp_path):
-    small = dict(dataset__shots=8, batch_size=8, eval_batch_size=16, stage1__epochs=1, stage2__epochs=1,
+def test_packed_seeds_with_the_cached_teacher_match_a_lone_run(tmp_path):
+    """Each packed seed looks up its own few-shot images' cache; each phase compiles once."""
+    small = dict(dataset__shots=4, batch_size=4, eval_batch_size=16, stage1__epochs=1, stage2__epochs=1,
                  log_every=2, teacher__images="cached")
-    results = run(tiny_config("aple", **small), str(tmp_path))
-    assert results["compilations"] == {"L": 1, "V": 1, "LV": 1}
-    assert results["config"]["teacher"]["images"] == "cached"
+    packed = run(tiny_config("aple", pack_seeds="1,2", **small), str(tmp_path / "packed"))
+    alone = run(tiny_config("aple", seed=2, **small), str(tmp_path / "alone"))
+    assert alone["compilations"] == {"L": 1, "V": 1, "LV": 1} and alone["config"]["teacher"]["images"] == "cached"
+    assert packed[1]["accuracy"] == alone["accuracy"]
+    with np.load(tmp_path / "packed" / "seed2" / "prompts.npz") as a, np.load(tmp_path / "alone" / "prompts.npz") as b:
+        for key in (k for k in b.files if k != "__meta__"):
+            assert np.linalg.norm(a[key] - b[key]) <= 1e-5 * np.linalg.norm(b[key]), key
 
 
 def test_unknown_teacher_images_is_named(tiny):
