@@ -23,7 +23,7 @@ def test_accelerator_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_train_step_benchmark_smoke(tmp_path):
-    out = subprocess.run([sys.executable, "benchmarks/train_step.py", "--backbone", "tiny", "--methods", "cocoop",
+    out = subprocess.run([sys.executable, "benchmarks/train_step.py", "--backbone", "tiny", "--methods", "cocoop,aple",
                           "--classes", "5", "--batches", "1,2", "--cocoop-pass", "2", "--dtype", "bfloat16",
                           "--remat", "--repeats", "1", "--budget", "1", "--json", str(tmp_path / "r.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -31,7 +31,7 @@ def test_train_step_benchmark_smoke(tmp_path):
     assert "| cocoop | train | 5 | 1 |" in out.stdout and "x of " in out.stdout   # batch 2 against 2 steps at batch 1
     with open(tmp_path / "r.json") as f:
         rows = json.load(f)
-    assert [r["batch"] for r in rows] == [1, 2] and "vs_batch1" in rows[1]
+    assert [r["batch"] for r in rows] == [1, 2] * 4 and "vs_batch1" in rows[1]   # cocoop, then aple's 3 phases
 
 
 @pytest.mark.slow
