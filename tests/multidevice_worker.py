@@ -1,6 +1,6 @@
 """Run in a subprocess with several (simulated) devices: evaluation counts and training results as JSON.
 
-`python tests/multidevice_worker.py eval|train [--devices N] [--distributed COORD NPROC PID]`
+`python tests/multidevice_worker.py eval|train|train_cached|numpy [--devices N] [--distributed COORD NPROC PID]`
 """
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from aple_jax import prompts as P  # noqa: E402
 from aple_jax.clip.backbone import load_backbone  # noqa: E402
 from aple_jax.data import build_dataset  # noqa: E402
 from aple_jax.data.pipeline import eval_loader, train_loader  # noqa: E402
-from aple_jax.evaluate import evaluate_batches  # noqa: E402
+from aple_jax.evaluate import dataset_image_features, evaluate_batches  # noqa: E402
 from aple_jax.methods import build_method  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 
 
-def _setup():
+def _setup(name: str = "ivlp", **overrides):
     backbone, params, tokenizer = load_backbone("tiny", "")
-    method = build_method(tiny_config("ivlp"), backbone, tokenizer)
+    method = build_method(tiny_config(name, **overrides), backbone, tokenizer)
     prompts = method.init(jax.random.key(3), params)
     data = build_dataset("synthetic", None, shots=4, seed=1, subsample="base", num_classes=10,
                          test_per_class=7)   # 35 test images: not a multiple of the batch
@@ -57,15 +57,26 @@ def numpy_eval() -> dict:
     return {"correct": correct, "num_examples": len(data.test)}
 
 
-def run_train(mesh, steps: int = 4) -> dict:
-    method, params, prompts, data = _setup()
+def run_train(mesh, steps: int = 4, cached_teacher: bool = False) -> dict:
+    """IVLP's step; or APLe's phase V with `teacher.images=cached`, its teacher cache computed on `mesh`."""
+    if cached_teacher:
+        method, params, prompts, data = _setup("aple", teacher__images="cached")
+    else:
+        method, params, prompts, data = _setup()
     params = sharding.replicate(params, mesh)
-    phase = method.phases()[0]
+    phase = method.phases()[1 if cached_teacher else 0]
     plan = train.plan_phase(method, phase, prompts)
     tx = train.make_optimizer(phase, plan.selection.labels(prompts), 1000, method.config.optim)
     state = sharding.replicate(train.init_state(prompts, tx, False), mesh)
-    consts = sharding.replicate(train.phase_constants(method, plan, prompts, params,
-                                                      method.class_texts(params, list(data.classnames)), None), mesh)
+    texts = method.class_texts(params, list(data.classnames))
+    teacher_text = teacher_image = None
+    if cached_teacher:
+        teacher_text = method.text_features({}, params, texts, ())
+        batches = eval_loader(data.train, global_batch_size=8, image_size=32, mesh=mesh)
+        teacher_image = dataset_image_features(method, params, batches, len(data.train), mesh,
+                                               adapter=method.teacher_sees_adapter)
+    consts = sharding.replicate(train.phase_constants(method, plan, prompts, params, texts, teacher_text,
+                                                      teacher_image), mesh)
     step = train.make_train_step(method, plan, tx)
     loader = train_loader(data.train, global_batch_size=8, image_size=32, seed=0, mesh=mesh)
     for _ in range(steps):
@@ -76,7 +87,7 @@ def run_train(mesh, steps: int = 4) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["eval", "train", "numpy"])
+    ap.add_argument("mode", choices=["eval", "train", "train_cached", "numpy"])
     ap.add_argument("--devices", type=int, default=0, help="use only the first N devices (0: all)")
     ap.add_argument("--distributed", nargs=3, metavar=("COORD", "NPROC", "PID"))
     args = ap.parse_args()
@@ -88,7 +99,7 @@ def main() -> None:
     else:
         devices = jax.devices()[: args.devices] if args.devices else jax.devices()
         mesh = sharding.make_mesh(devices)
-        out = run_eval(mesh) if args.mode == "eval" else run_train(mesh)
+        out = run_eval(mesh) if args.mode == "eval" else run_train(mesh, cached_teacher=args.mode == "train_cached")
     out["device_count"] = len(jax.devices())
     if jax.process_index() == 0:
         print("RESULT " + json.dumps(out))

@@ -85,6 +85,13 @@ def test_two_processes_train_together_like_one():
     _assert_same_prompts(_two_processes("train"), _worker("train"))
 
 
+def test_cached_teacher_on_8_devices_and_2_processes_matches_1_device():
+    """APLe's phase V with `teacher.images=cached`: the cache is built from sharded batches and indexed by them."""
+    one = _worker("train_cached", "--devices", "1", devices=8)
+    _assert_same_prompts(_worker("train_cached", devices=8), one)
+    _assert_same_prompts(_two_processes("train_cached"), one)
+
+
 def test_distributed_start_needs_a_coordinator_or_auto(monkeypatch):
     """No coordinator: a single process; `auto`: JAX's own cluster detection (initialize() without arguments)."""
     import jax
