@@ -66,10 +66,6 @@ def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, 
     return train.make_train_step(method, plan, tx, packed=pack > 1), (state, params, consts, batch_arrays), phase.name
 
 
-def measure(step, args, repeats: int, budget_s: float) -> dict[str, float]:
-    return measure_interleaved([(step, args)], repeats, budget_s)[0]
-
-
 def measure_interleaved(setups: list[tuple[Any, tuple]], repeats: int, budget_s: float) -> list[dict[str, float]]:
     """Peak memory and median step time of each (step, args); the programs take turns, one step each per round,
     so that a drift in the machine's speed (a shared host) cancels out of the ratios between them."""
