@@ -3,6 +3,7 @@ batch padded and masked, top-1 and per-class accuracy summed on device and fetch
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Iterable
 
 import jax
@@ -12,7 +13,8 @@ import numpy as np
 from aple_jax import losses as L
 from aple_jax import prompts as P
 from aple_jax import sharding
-from aple_jax.adapter import apply_adapter
+from aple_jax.adapter import AdapterConfig, apply_adapter
+from aple_jax.clip.backbone import Backbone
 from aple_jax.methods.base import Method
 
 Array = jax.Array
@@ -72,16 +74,19 @@ def evaluate_batches(method: Method, prompts: P.Tree, clip_params: Any, classnam
     return EvalResult(float(100.0 * correct.sum() / total), per_class, total)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _frozen_image_features(backbone: Backbone, adapter: AdapterConfig | None, params: Any, images: Array) -> Array:
+    """Frozen-CLIP image features, through the image adapter when one is given (compiled once per shape)."""
+    return backbone.image(params, images if adapter is None else apply_adapter(images, adapter))
+
+
 def dataset_image_features(method: Method, clip_params: Any, batches: Iterable[dict[str, Array]], num_examples: int,
                            mesh: Any, adapter: bool) -> Array:
     """(N, P) frozen-CLIP image features of the first `num_examples` examples of sequential padded batches, in
     order, kept on device and replicated over `mesh` (the zero-shot teacher's per-example cache)."""
-    @jax.jit
-    def features(params, images):
-        images = apply_adapter(images, method.adapter) if adapter else images
-        return method.backbone.image(params, images)
-
-    chunks = [features(clip_params, batch["image"]) for batch in batches]
+    adapter_config = method.adapter if adapter else None
+    chunks = [_frozen_image_features(method.backbone, adapter_config, clip_params, batch["image"])
+              for batch in batches]
     if not chunks:
         raise ValueError("no batches to compute image features from")
     gather = jax.jit(lambda xs: jnp.concatenate(xs)[:num_examples], out_shardings=sharding.replicated(mesh))

@@ -17,9 +17,9 @@ from aple_jax.clip.backbone import load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
 from aple_jax.data.templates import IMAGENET_TEMPLATES
-from aple_jax.methods import build_method
+from aple_jax.methods import METHODS, build_method
 from aple_jax.methods.base import Method
-from aple_jax.methods.zeroshot import template_text_features
+from aple_jax.methods.zeroshot import ZeroShot, template_text_features
 from aple_jax.metrics import MetricWriter
 
 # Keys that change how a run executes but not what it computes: they may differ when a run resumes.
@@ -395,8 +395,6 @@ def load_trained_prompts(run_dir: str, method: Method, phases: list, prompts_lik
 
 def _num_train_images(config, setting) -> int:
     """The training examples this run's prompts were fitted on (after few-shot sampling); 0 when it trains none."""
-    from aple_jax.methods import METHODS
-    from aple_jax.methods.zeroshot import ZeroShot
     if setting.train is None or config.eval_only_from or METHODS.get(config.method) is ZeroShot:
         return 0
     return len(setting.train.train)
