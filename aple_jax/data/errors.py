@@ -1,11 +1,13 @@
 """Errors raised by the data package; each names the path or value at fault and points to docs/data.md."""
 from __future__ import annotations
 
+from aple_jax.errors import AplejaxError
+
 DOCS = "docs/data.md"
 
 
-class DataError(Exception):
-    """Base class of the data package's errors."""
+class DataError(AplejaxError):
+    """Base class of the data package's errors: data that is missing, malformed or contradicts itself."""
 
 
 class MissingDataError(DataError, FileNotFoundError):

@@ -1,0 +1,66 @@
+"""User mistakes, typed: entry points print an `AplejaxError` as one `error:` line and exit with status 2.
+
+Everything that is not an `AplejaxError` is a bug in aple-jax and keeps its traceback. Set `APLE_JAX_TRACEBACK=1`
+(or pass `--verbosity=1` to launch.py) to see the traceback of a user error too.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+EXIT_USER_ERROR = 2
+TRACEBACK_ENV = "APLE_JAX_TRACEBACK"
+
+
+class AplejaxError(Exception):
+    """A mistake in what the user gave: the message names the key, file or value and what was expected.
+
+    `hint`, when set, is printed as a second line (what to do about it).
+    """
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+
+class ConfigError(AplejaxError, ValueError):
+    """A config value, key or combination of values that cannot run."""
+
+
+class CheckpointError(AplejaxError, ValueError):
+    """A run directory, checkpoint or prompts file that cannot be used as it is."""
+
+
+class WeightsError(AplejaxError, ValueError):
+    """CLIP weights or a tokenizer that do not fit the backbone."""
+
+
+class StorageError(AplejaxError, FileNotFoundError):
+    """A local or gs:// path that is missing or cannot be reached."""
+
+
+def show_traceback() -> bool:
+    """Whether user errors should keep their traceback (`APLE_JAX_TRACEBACK=1`)."""
+    return os.environ.get(TRACEBACK_ENV, "").lower() not in ("", "0", "false", "no")
+
+
+def format_error(error: BaseException) -> str:
+    """`error: <message>` and, where the error has one, `hint: <hint>`."""
+    lines = [f"error: {' '.join(str(error).split())}" if str(error) else f"error: {type(error).__name__}"]
+    if getattr(error, "hint", ""):
+        lines.append(f"hint: {error.hint}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def error_boundary() -> Iterator[None]:
+    """Around an entry point's main: a user error becomes one `error:` line on stderr and exit status 2."""
+    try:
+        yield
+    except AplejaxError as e:
+        if show_traceback():
+            raise
+        print(format_error(e), file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
