@@ -64,3 +64,16 @@ def write_npz_atomic(path: PathLike, arrays: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_json(path: PathLike, hint: str = "") -> Any:
+    """A JSON file (local or gs://); a missing or half-written one is a CheckpointError naming the path."""
+    from aple_jax.errors import CheckpointError
+    path = as_path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist", hint=hint) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): a half-written or "
+                              f"edited file?", hint=hint) from None

@@ -3,20 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
-from aple_jax import checkpoint, evaluate, sharding, train
-from aple_jax import prompts as P
+from aple_jax import checkpoint, evaluate, paths, prompt_files, sharding, train
 from aple_jax.clip.backbone import load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
 from aple_jax.data.templates import IMAGENET_TEMPLATES
+from aple_jax.errors import CheckpointError, ConfigError
 from aple_jax.methods import METHODS, build_method
 from aple_jax.methods.base import Method
 from aple_jax.methods.zeroshot import ZeroShot, template_text_features
@@ -64,34 +62,25 @@ def build_setting(config: ml_collections.ConfigDict) -> Setting:
     raise ValueError(f"setting={config.setting!r}; expected 'base2new', 'all' or 'transfer'")
 
 
-def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigDict) -> None:
     """Writes config.json, or refuses to resume a run directory made by another config."""
-    path = os.path.join(workdir, "config.json")
+    path = paths.join(workdir, "config.json")
     current = _comparable(config.to_dict())
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = _comparable(json.load(f))
+    if path.exists():
+        saved = _comparable(paths.read_json(path, hint=f"delete {path} to resume with this command's config"))
         diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if diff:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:10])
-            raise ValueError(f"run directory {workdir} was made by another config ({details}); use a new --workdir "
-                             f"or the same config to resume")
+            raise ConfigError(f"run directory {workdir} was made by another config ({details})",
+                              hint="use a new --workdir, or the same config to resume")
         return
-    with open(path, "w") as f:
-        json.dump(json.loads(config.to_json()), f, indent=2)
+    paths.write_json_atomic(path, json.loads(config.to_json()))
 
 
-def _comparable(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if any(path == k or path.startswith(k + ".") for k in OPERATIONAL_KEYS):
-            continue
-        if isinstance(value, dict):
-            flat.update(_comparable(value, path + "."))
-        else:
-            flat[path] = list(value) if isinstance(value, tuple) else value
-    return flat
+def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
+    """The config as flat keys, without the OPERATIONAL_KEYS."""
+    return {k: v for k, v in prompt_files.flatten_config(tree).items()
+            if not any(k == op or k.startswith(op + ".") for op in OPERATIONAL_KEYS)}
 
 
 def teacher_text_features(method: Method, config: ml_collections.ConfigDict, clip_params: Any,
@@ -123,7 +112,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     if not config.pack_seeds:
         return run_seeds([(config, workdir)], stop_at_step)[0]
     seeds = [int(s) for s in str(config.pack_seeds).split(",") if s.strip()]
-    return run_seeds([(seed_config(config, s), os.path.join(workdir, f"seed{s}")) for s in seeds], stop_at_step)
+    return run_seeds([(seed_config(config, s), str(paths.join(workdir, f"seed{s}"))) for s in seeds], stop_at_step)
 
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
@@ -148,12 +137,11 @@ def run_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]], stop_at_step: i
     results: dict[str, Any] = {}
     pending = []
     for config, workdir in jobs:
-        os.makedirs(workdir, exist_ok=True)
+        paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
         check_workdir_config(workdir, config)
-        path = os.path.join(workdir, "results.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                results[workdir] = json.load(f)
+        path = paths.join(workdir, "results.json")
+        if path.exists():
+            results[workdir] = paths.read_json(path, hint=f"delete {path} to evaluate the run again")
         else:
             pending.append((config, workdir))
     if pending:
@@ -201,13 +189,12 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     results = {}
     for job, prompts in zip(jobs, final):
         if jax.process_index() == 0 and phases:
-            save_prompts(os.path.join(job.workdir, "prompts.npz"), prompts)
+            prompt_files.save_prompts(paths.join(job.workdir, "prompts.npz"), prompts)
         evals = evaluate_all(job, prompts)
         results[job.workdir] = _results(job.config, job.setting, evals, job.history, compilations,
                                         time.time() - t0, len(jobs))
         if jax.process_index() == 0:
-            with open(os.path.join(job.workdir, "results.json"), "w") as f:
-                json.dump(results[job.workdir], f, indent=2)
+            paths.write_json_atomic(paths.join(job.workdir, "results.json"), results[job.workdir])
     return results
 
 
@@ -221,8 +208,8 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
     texts = method.class_texts(clip_params, list(train_split.classnames))
     for job in jobs:
         if jax.process_index() == 0:
-            with open(os.path.join(job.workdir, "classnames.json"), "w") as f:
-                json.dump({"dataset": train_split.name, "classnames": list(train_split.classnames)}, f, indent=1)
+            paths.write_json_atomic(paths.join(job.workdir, "classnames.json"),
+                                    {"dataset": train_split.name, "classnames": list(train_split.classnames)}, indent=1)
     plans = [train.plan_phase(method, ph, jobs[0].prompts) for ph in phases]   # checks every phase first
     needs_teacher = any(plan.needs_teacher_text for plan in plans)
     teacher = teacher_text_features(method, config, clip_params, train_split) if needs_teacher else None
@@ -270,121 +257,26 @@ def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.See
     return train.SeedRun(make_loader, checkpoint.RunCheckpoints(job.workdir), writer, on_epoch_end)
 
 
-PROMPTS_META_KEY = "__meta__"
-
-
-def prompts_meta(config: ml_collections.ConfigDict | dict[str, Any] | None,
-                 classnames: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a prompts `.npz` records of its training: the PROMPT_KEYS of its config, its dataset and classes."""
-    meta: dict[str, Any] = {"version": 1}
-    if config is not None:
-        tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-        meta["config"] = {k: v for k, v in _comparable(tree).items() if k.startswith(PROMPT_KEYS)}
-    if classnames is not None:
-        meta["train"] = {"dataset": classnames["dataset"], "classnames": list(classnames["classnames"])}
-    return meta
-
-
-def _run_dir_meta(run_dir: str) -> dict[str, Any] | None:
-    """The provenance of a run directory from its config.json and classnames.json; None without either."""
-    found = []
-    for name in ("config.json", "classnames.json"):
-        path = os.path.join(run_dir, name)
-        if os.path.exists(path):
-            with open(path) as f:
-                found.append(json.load(f))
-        else:
-            found.append(None)
-    return None if found == [None, None] else prompts_meta(*found)
-
-
-def save_prompts(path: str, prompts: Any, meta: dict[str, Any] | None = None) -> None:
-    """The trained prompt tree as a flat `.npz` (paths like `text/ctx`), small and framework-free.
-
-    `meta` (default: read from the run directory holding `path`, see `prompts_meta`) is stored as a JSON string
-    under `__meta__`, so that `eval_only_from=<file>.npz` can refuse prompts of another method, backbone, prompt
-    shape or set of base classes.
-    """
-    if meta is None:
-        meta = _run_dir_meta(os.path.dirname(os.path.abspath(path)))
-    arrays = {k: np.asarray(v) for k, v in P.flatten(jax.device_get(prompts)).items()}
-    if PROMPTS_META_KEY in arrays:
-        raise ValueError(f"a prompt leaf may not be named {PROMPTS_META_KEY!r}")
-    if meta is not None:
-        arrays[PROMPTS_META_KEY] = np.asarray(json.dumps(meta, sort_keys=True))
-    np.savez(path, **arrays)
-
-
-def read_prompts_meta(path: str) -> dict[str, Any] | None:
-    """The `__meta__` entry of a prompts `.npz`, or None for files written before it existed."""
-    loaded = np.load(path)
-    if not hasattr(loaded, "files"):
-        raise ValueError(f"eval_only_from={path!r} is neither a run directory nor a prompts .npz")
-    with loaded as f:
-        if PROMPTS_META_KEY not in f.files:
-            return None
-        return json.loads(str(f[PROMPTS_META_KEY][()]))
-
-
-def read_prompts(path: str, prompts_like: Any) -> Any:
-    """Prompts from a `.npz` written by save_prompts; leaves must match the method's prompt tree exactly."""
-    with np.load(path) as f:
-        loaded = {k: f[k] for k in f.files if k != PROMPTS_META_KEY}
-    expected = {k: v.shape for k, v in P.flatten(prompts_like).items()}
-    got = {k: v.shape for k, v in loaded.items()}
-    if got != expected:
-        raise ValueError(f"prompts in {path} do not fit this method and backbone: expected leaves {expected}, "
-                         f"found {got}")
-    return P.unflatten({k: jax.numpy.asarray(v) for k, v in loaded.items()})
-
-
-# What must agree between a trained run and an evaluation of its prompts.
-PROMPT_KEYS = ("method", "backbone.name", "backbone.weights", "prompts")
-
-
-def check_trained_run(run_dir: str, config: ml_collections.ConfigDict, setting: Setting) -> None:
-    """Refuses prompts trained for another method, backbone or prompt shape, or for other base classes.
-
-    `run_dir` is a run directory (checked against its config.json and classnames.json) or a prompts `.npz`
-    (checked against its `__meta__`; a file without one, written before it existed, is not checked).
-    """
-    if not os.path.exists(run_dir):
-        raise FileNotFoundError(f"eval_only_from={run_dir!r} does not exist")
-    if os.path.isdir(run_dir):
-        meta = _run_dir_meta(run_dir)
-        if meta is None and os.path.exists(os.path.join(run_dir, "prompts.npz")):
-            meta = read_prompts_meta(os.path.join(run_dir, "prompts.npz"))
-    else:
-        meta = read_prompts_meta(run_dir)
-    if meta is None:
-        return
-    if "config" in meta:
-        trained = meta["config"]
-        current = {k: v for k, v in _comparable(config.to_dict()).items() if k.startswith(PROMPT_KEYS)}
-        diff = sorted(k for k in set(trained) | set(current) if trained.get(k) != current.get(k))
-        if diff:
-            details = ", ".join(f"{k}: trained {trained.get(k)!r}, now {current.get(k)!r}" for k in diff)
-            raise ValueError(f"prompts in {run_dir} were trained with another method/backbone/prompt shape "
-                             f"({details})")
+def check_trained_run(source: str, config: ml_collections.ConfigDict, setting: Setting) -> None:
+    """Refuses prompts (a run directory or a prompts file) trained for another method, backbone or prompt shape,
+    or for other base classes; a file written before provenance existed is not checked."""
     base = next((ev.splits for ev in setting.evals if ev.name == "base"), None)
-    trained = meta.get("train")
-    if base is not None and trained is not None:
-        if trained["dataset"] == base.name and trained["classnames"] != list(base.classnames):
-            raise ValueError(f"prompts in {run_dir} were trained on the base classes {trained['classnames'][:5]}..., "
-                             f"but this evaluation's base classes are {list(base.classnames)[:5]}...: use the "
-                             f"dataset, seed and shots of the training run")
+    prompt_files.check_provenance(source, prompt_files.source_meta(source), config,
+                                  base.name if base else None, list(base.classnames) if base else None)
 
 
-def load_trained_prompts(run_dir: str, method: Method, phases: list, prompts_like: Any) -> Any:
-    """The final prompts of a run directory or a prompts .npz file (eval-only mode)."""
-    if not os.path.isdir(run_dir):
-        return read_prompts(run_dir, prompts_like)
-    if os.path.exists(os.path.join(run_dir, "prompts.npz")):
-        return read_prompts(os.path.join(run_dir, "prompts.npz"), prompts_like)
-    with checkpoint.RunCheckpoints(run_dir) as ckpt:
+def load_trained_prompts(source: str, method: Method, phases: list, prompts_like: Any) -> Any:
+    """The final prompts of a run directory or a prompts file (eval-only mode)."""
+    source = paths.as_path(source)
+    if not source.is_dir():
+        return prompt_files.read_prompts(source, prompts_like)
+    if (source / "prompts.npz").exists():
+        return prompt_files.read_prompts(source / "prompts.npz", prompts_like)
+    with checkpoint.RunCheckpoints(source) as ckpt:
         step = ckpt.latest_step()
         if step is None:
-            raise FileNotFoundError(f"eval_only_from={run_dir!r} holds no checkpoint under {ckpt.directory}")
+            raise CheckpointError(f"eval_only_from={str(source)!r} holds no prompts.npz and no checkpoint under "
+                                  f"{ckpt.directory}")
         meta = ckpt.restore_meta(step)
         phase = phases[meta["phase"]]
         plan = train.plan_phase(method, phase, prompts_like)

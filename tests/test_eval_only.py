@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from aple_jax import prompts as P
-from aple_jax.run import PROMPTS_META_KEY, build_setting, check_trained_run, read_prompts, read_prompts_meta, run
+from aple_jax.prompt_files import PROMPTS_META_KEY, read_prompts, read_prompts_meta
+from aple_jax.run import build_setting, check_trained_run, run
 from tests.helpers import tiny_config
 
 SMALL = dict(dataset__shots=4, batch_size=8, eval_batch_size=16, optim__epochs=1, log_every=2)

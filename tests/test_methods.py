@@ -85,7 +85,8 @@ def test_gpa_weights_sum_to_one_and_peak_at_the_mean():
 
 
 def test_gpa_aggregate_is_the_weighted_average_of_epoch_prompts(tmp_path):
-    from aple_jax.run import read_prompts, run
+    from aple_jax.prompt_files import read_prompts
+    from aple_jax.run import run
     config = tiny_config("promptsrc", optim__epochs=3, gpa__mean=2.0, gpa__std=1.0, dataset__shots=4,
                          batch_size=8, eval_every_epoch=False)
     epochs = []

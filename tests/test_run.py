@@ -9,7 +9,8 @@ import pytest
 from aple_jax import checkpoint, evaluate, train
 from aple_jax import prompts as P
 from aple_jax.data.pipeline import eval_loader
-from aple_jax.run import PROMPTS_META_KEY, build_setting, run
+from aple_jax.prompt_files import PROMPTS_META_KEY
+from aple_jax.run import build_setting, run
 from tests.helpers import tiny_config
 
 SMALL = dict(dataset__shots=8, batch_size=8, eval_batch_size=16, stage1__epochs=1, stage2__epochs=1,

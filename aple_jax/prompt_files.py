@@ -1,0 +1,159 @@
+"""Prompt files (`prompts.npz`) and their provenance: what a trained prompt tree was trained with, checked before
+anyone evaluates it.
+
+A prompts file is a flat `.npz` (leaf paths like `text/ctx`) plus a JSON `__meta__` entry: the PROMPT_KEYS of the
+training config and the dataset and class names it was trained on. Paths may be local or `gs://`.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from aple_jax import paths
+from aple_jax import prompts as P
+from aple_jax.errors import CheckpointError, StorageError
+
+PROMPTS_META_KEY = "__meta__"
+# What must agree between a trained run and an evaluation of its prompts.
+PROMPT_KEYS = ("method", "backbone.name", "backbone.weights", "prompts")
+
+
+def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as `{"a.b.c": value}`, tuples as lists (as JSON reads them back)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def prompt_config(config: ml_collections.ConfigDict | dict[str, Any]) -> dict[str, Any]:
+    """The PROMPT_KEYS fields of a config, flat."""
+    tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    return {k: v for k, v in flatten_config(tree).items() if k.startswith(PROMPT_KEYS)}
+
+
+def prompts_meta(config: ml_collections.ConfigDict | dict[str, Any] | None,
+                 classnames: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """What a prompts file records of its training: the PROMPT_KEYS of its config, its dataset and classes, and
+    `extra` entries (e.g. `source` for imported checkpoints)."""
+    meta: dict[str, Any] = {"version": 1, **extra}
+    if config is not None:
+        meta["config"] = prompt_config(config)
+    if classnames is not None:
+        meta["train"] = {"dataset": classnames["dataset"], "classnames": list(classnames["classnames"])}
+    return meta
+
+
+def run_dir_meta(run_dir: paths.PathLike) -> dict[str, Any] | None:
+    """The provenance of a run directory from its config.json and classnames.json; None without either."""
+    found = []
+    for name in ("config.json", "classnames.json"):
+        path = paths.join(run_dir, name)
+        found.append(paths.read_json(path) if path.exists() else None)
+    return None if found == [None, None] else prompts_meta(*found)
+
+
+def save_prompts(path: paths.PathLike, prompts: Any, meta: dict[str, Any] | None = None) -> None:
+    """The prompt tree as a flat `.npz`, written atomically, with `meta` (default: the provenance of the run
+    directory holding `path`) as a JSON string under `__meta__`."""
+    path = paths.as_path(path)
+    if meta is None:
+        meta = run_dir_meta(path.parent)
+    arrays = {k: np.asarray(v) for k, v in P.flatten(jax.device_get(prompts)).items()}
+    if PROMPTS_META_KEY in arrays:
+        raise ValueError(f"a prompt leaf may not be named {PROMPTS_META_KEY!r}")
+    if meta is not None:
+        arrays[PROMPTS_META_KEY] = np.asarray(json.dumps(meta, sort_keys=True))
+    paths.write_npz_atomic(path, arrays)
+
+
+def _load_npz(path: paths.PathLike) -> dict[str, np.ndarray]:
+    """Every entry of a `.npz` (local or gs://), or a CheckpointError naming the file."""
+    path = paths.as_path(path)
+    if not path.exists():
+        raise StorageError(f"prompts file {path} does not exist")
+    try:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise CheckpointError(f"prompts file {path} is not a readable .npz ({e})",
+                              hint="write it again, or point to the run directory that made it") from None
+
+
+def read_prompts_meta(path: paths.PathLike) -> dict[str, Any] | None:
+    """The `__meta__` entry of a prompts file, or None for files written before it existed."""
+    loaded = _load_npz(path)
+    return json.loads(str(loaded[PROMPTS_META_KEY][()])) if PROMPTS_META_KEY in loaded else None
+
+
+def read_prompts(path: paths.PathLike, prompts_like: Any) -> Any:
+    """Prompts from a prompts file; its leaves must match the method's prompt tree in names and shapes, be
+    floating point and finite."""
+    loaded = {k: v for k, v in _load_npz(path).items() if k != PROMPTS_META_KEY}
+    return P.unflatten({k: jax.numpy.asarray(v) for k, v in check_leaves(loaded, prompts_like, str(path)).items()})
+
+
+def check_leaves(loaded: dict[str, np.ndarray], prompts_like: Any, source: str) -> dict[str, np.ndarray]:
+    """`loaded` as float32 leaves, after checking names, shapes, dtypes and finiteness against `prompts_like`."""
+    expected = {k: tuple(v.shape) for k, v in P.flatten(prompts_like).items()}
+    got = {k: tuple(v.shape) for k, v in loaded.items()}
+    if got != expected:
+        missing = sorted(set(expected) - set(got))
+        unexpected = sorted(set(got) - set(expected))
+        shapes = sorted(f"{k}: {got[k]} (expected {expected[k]})" for k in set(got) & set(expected)
+                        if got[k] != expected[k])
+        raise CheckpointError(f"prompts in {source} do not fit this method and backbone: missing {missing}, "
+                              f"unexpected {unexpected}, mis-shaped {shapes}")
+    for key, value in loaded.items():
+        if not np.issubdtype(value.dtype, np.floating):
+            raise CheckpointError(f"prompts in {source}: leaf {key} has dtype {value.dtype}, expected floating point")
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(f"prompts in {source}: leaf {key} holds NaN or inf values")
+    return {k: v.astype(np.float32) for k, v in loaded.items()}
+
+
+def check_provenance(source: paths.PathLike, meta: dict[str, Any] | None, config: ml_collections.ConfigDict,
+                     base_name: str | None, base_classnames: list[str] | None) -> None:
+    """Refuses prompts trained for another method, backbone or prompt shape, or for other base classes.
+
+    `meta` is the provenance read from `source` (None for files written before it existed: nothing to check).
+    """
+    if meta is None:
+        return
+    if "config" in meta:
+        trained, current = meta["config"], prompt_config(config)
+        diff = sorted(k for k in set(trained) | set(current) if trained.get(k) != current.get(k))
+        if diff:
+            details = ", ".join(f"{k}: trained {trained.get(k)!r}, now {current.get(k)!r}" for k in diff)
+            raise CheckpointError(f"prompts in {source} were trained with another method/backbone/prompt shape "
+                                  f"({details})")
+    trained = meta.get("train")
+    if base_classnames is not None and trained is not None:
+        if trained["dataset"] == base_name and trained["classnames"] != list(base_classnames):
+            raise CheckpointError(f"prompts in {source} were trained on the base classes "
+                                  f"{trained['classnames'][:5]}..., but this evaluation's base classes are "
+                                  f"{list(base_classnames)[:5]}...: use the dataset, seed and shots of the training "
+                                  f"run")
+
+
+def source_meta(source: paths.PathLike) -> dict[str, Any] | None:
+    """The provenance of an eval-only source: a run directory (its config.json and classnames.json, else its
+    prompts.npz) or a prompts file."""
+    source = paths.as_path(source)
+    if not source.exists():
+        raise StorageError(f"eval_only_from={str(source)!r} does not exist",
+                              hint="give a run directory, a prompts .npz or an official checkpoint file")
+    if not source.is_dir():
+        return read_prompts_meta(source)
+    meta = run_dir_meta(source)
+    if meta is None and (source / "prompts.npz").exists():
+        meta = read_prompts_meta(source / "prompts.npz")
+    return meta
