@@ -34,19 +34,31 @@ def _encoders(cfg: CLIPConfig):
     return image, text
 
 
-def zero_shot_accuracy(dataset: str, n_per_class: int = 20, seed: int = 0, weights: str = WORLD_CLIP_DIR) -> float:
-    """Top-1 over `n_per_class` test images per class rendered with world seed `seed` (CLIP test transform)."""
-    cfg, params, tokenizer = load_world_clip(os.path.abspath(weights))
-    ds = build_world_dataset(dataset, shots=0, seed=0, image_size=cfg.image_resolution, test_per_class=n_per_class,
-                             world_seed=seed)
-    encode_image, encode_text = _encoders(cfg)
-    ids, eot = tokenizer.tokenize([ds.template.format(c) for c in ds.classnames], cfg.context_length)
-    text = np.asarray(encode_text(params, ids, eot))
-    correct = 0
-    for start in range(0, len(ds.test), EVAL_BATCH):
-        rows = [ds.test[i] for i in range(start, min(start + EVAL_BATCH, len(ds.test)))]
+def image_features(dataset: str, source, weights: str = WORLD_CLIP_DIR) -> np.ndarray:
+    """The (N, D) normalised image features of every example of `source` (CLIP test transform)."""
+    cfg, params, _ = load_world_clip(os.path.abspath(weights))
+    encode_image, _ = _encoders(cfg)
+    out = []
+    for start in range(0, len(source), EVAL_BATCH):
+        rows = [source[i] for i in range(start, min(start + EVAL_BATCH, len(source)))]
         images = np.zeros((EVAL_BATCH, cfg.image_resolution, cfg.image_resolution, 3), np.float32)
         images[:len(rows)] = [test_transform(r["image"], cfg.image_resolution) for r in rows]
-        pred = (np.asarray(encode_image(params, images))[:len(rows)] @ text.T).argmax(-1)
-        correct += int((pred == np.asarray([r["label"] for r in rows])).sum())
-    return correct / len(ds.test)
+        out.append(np.asarray(encode_image(params, images))[:len(rows)])
+    return np.concatenate(out)
+
+
+def class_text_features(classnames: list[str], template: str, weights: str = WORLD_CLIP_DIR) -> np.ndarray:
+    """The (C, D) normalised text features of `template` filled with each class name."""
+    cfg, params, tokenizer = load_world_clip(os.path.abspath(weights))
+    _, encode_text = _encoders(cfg)
+    ids, eot = tokenizer.tokenize([template.format(c) for c in classnames], cfg.context_length)
+    return np.asarray(encode_text(params, ids, eot))
+
+
+def zero_shot_accuracy(dataset: str, n_per_class: int = 20, seed: int = 0, weights: str = WORLD_CLIP_DIR) -> float:
+    """Top-1 over `n_per_class` test images per class rendered with world seed `seed` (CLIP test transform)."""
+    cfg, _, _ = load_world_clip(os.path.abspath(weights))
+    ds = build_world_dataset(dataset, shots=0, seed=0, image_size=cfg.image_resolution, test_per_class=n_per_class,
+                             world_seed=seed)
+    pred = (image_features(dataset, ds.test, weights) @ class_text_features(ds.classnames, ds.template, weights).T)
+    return float((pred.argmax(-1) == ds.test.labels).mean())
