@@ -16,8 +16,10 @@ import sys
 import termios
 import time
 
+import jax
 import pytest
 
+from aple_jax.capture import tee_output
 from aple_jax.data.fake_trees import write_coop_tree
 from aple_jax.progress import BarProgress, LineProgress, make_progress
 
@@ -35,12 +37,14 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def test_progress_kind_follows_the_stream():
+def test_progress_kind_follows_the_stream(monkeypatch):
     assert isinstance(make_progress(10, stream=io.StringIO()), LineProgress)
     bar = make_progress(10, stream=FakeTerminal())
     assert isinstance(bar, BarProgress)
     bar.close()
     assert make_progress(10, enabled=False, stream=FakeTerminal()) is None
+    monkeypatch.setattr(jax, "process_index", lambda: 1)     # other hosts of a multi-host run print no progress
+    assert make_progress(10, stream=FakeTerminal()) is None and make_progress(10, stream=io.StringIO()) is None
 
 
 def test_line_progress_prints_every_n_seconds_and_at_epoch_ends(monkeypatch):
@@ -64,6 +68,19 @@ def test_line_progress_prints_every_n_seconds_and_at_epoch_ends(monkeypatch):
         "phase 1 ctx | epoch 1/2 | step 4/8 (50%) | loss 0.5000 | acc 75.0% | 0.10 steps/s | ETA 0:40 | epoch end",
         "phase 1 ctx | epoch 2/2 | step 8/8 (100%) | loss 0.5000 | acc 75.0% | 0.23 steps/s | ETA 0:00 | phase end",
     ]
+
+
+def test_tee_output_copies_both_descriptors_and_passes_them_through(capfd):
+    with tee_output() as captured:
+        os.write(1, b"to stdout\n")
+        os.write(2, b"to stderr\n")
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('from a child\\n')"], check=True)
+        captured.append("only in the log\n")
+    text = captured.text()
+    for line in ("to stdout", "to stderr", "from a child", "only in the log"):
+        assert line + "\n" in text
+    out, err = capfd.readouterr()
+    assert out == "to stdout\n" and err == "to stderr\nfrom a child\n"
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +213,8 @@ def test_sweep_goes_on_after_a_failure_logs_it_and_finishes_what_is_missing(tmp_
     assert f"[2/2] finished {bad}" in second.stdout
     assert "sweep: 1 finished, 1 skipped (finished before), 0 failed" in second.stdout
     log = (bad / "train.log").read_text()
-    assert log.count("sweep run 2/2") == 2 and "seed 1: DescribableTextures" in log   # both attempts, in order
-    assert log.index("MissingDataError") < log.rindex("sweep run 2/2")
+    assert log.count("sweep run 2/2 (") == 2 and "seed 1: DescribableTextures" in log   # both attempts, in order
+    assert log.index("MissingDataError") < log.rindex("sweep run 2/2 (")
 
 
 def test_stop_on_error_stops_at_the_first_failure(tmp_path):
