@@ -2,9 +2,10 @@
 batch padded and masked, top-1 and per-class accuracy summed on device and fetched once per evaluation."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,17 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@contextlib.contextmanager
+def _iterating(batches: Iterable[dict[str, Array]]) -> Iterator[Iterator[dict[str, Array]]]:
+    """An iterator over `batches`, closed on the way out (a loader's worker processes stop) even after an error."""
+    iterator = iter(batches)
+    try:
+        yield iterator
+    finally:
+        if hasattr(iterator, "close"):
+            iterator.close()
 
 
 def make_eval_step(method: Method):
@@ -63,9 +75,10 @@ def evaluate_batches(method: Method, prompts: P.Tree, clip_params: Any, classnam
     step = step or make_eval_step(method)
     side = class_side(method, prompts, clip_params, classnames, template)
     correct = count = None
-    for batch in batches:
-        c, n = step(prompts, clip_params, side, batch)
-        correct, count = (c, n) if correct is None else (correct + c, count + n)
+    with _iterating(batches) as iterator:
+        for batch in iterator:
+            c, n = step(prompts, clip_params, side, batch)
+            correct, count = (c, n) if correct is None else (correct + c, count + n)
     if correct is None:
         raise ValueError("the evaluation split is empty")
     correct, count = (np.asarray(x) for x in jax.device_get((correct, count)))
@@ -85,8 +98,9 @@ def dataset_image_features(method: Method, clip_params: Any, batches: Iterable[d
     """(N, P) frozen-CLIP image features of the first `num_examples` examples of sequential padded batches, in
     order, kept on device and replicated over `mesh` (the zero-shot teacher's per-example cache)."""
     adapter_config = method.adapter if adapter else None
-    chunks = [_frozen_image_features(method.backbone, adapter_config, clip_params, batch["image"])
-              for batch in batches]
+    with _iterating(batches) as iterator:
+        chunks = [_frozen_image_features(method.backbone, adapter_config, clip_params, batch["image"])
+                  for batch in iterator]
     if not chunks:
         raise ValueError("no batches to compute image features from")
     gather = jax.jit(lambda xs: jnp.concatenate(xs)[:num_examples], out_shardings=sharding.replicated(mesh))

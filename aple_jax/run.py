@@ -22,7 +22,7 @@ from aple_jax.metrics import MetricWriter
 
 # Keys that change how a run executes but not what it computes: they may differ when a run resumes.
 OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "eval_every_epoch", "distributed",
-                    "checkpoint_every_steps", "eval_only_from", "pack_seeds")
+                    "checkpoint_every_steps", "eval_only_from", "pack_seeds", "progress_every_seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +246,8 @@ def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.See
                             crop_scale=tuple(config.dataset.crop_scale))
 
     per_epoch = train.steps_per_epoch(len(split.train), config.batch_size)
-    writer = MetricWriter(job.workdir, sum(p.epochs for p in phases) * per_epoch, progress=config.progress)
+    writer = MetricWriter(job.workdir, sum(p.epochs for p in phases) * per_epoch, progress=config.progress,
+                          progress_every_seconds=config.progress_every_seconds)
 
     def on_epoch_end(phase: str, epoch: int, prompts: Any, step: int) -> None:
         if config.eval_every_epoch:

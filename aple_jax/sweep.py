@@ -5,6 +5,8 @@
 
 Run directories: RUNS_DIR/<config stem>[-<tag>]/<setting>/<dataset>/shots_<k>/seed<s>, where <setting> is base2new,
 all, transfer-xd (`:xd`), transfer-dg (`:dg`) or transfer. A directory that holds results.json is skipped.
+Each run's whole output also goes to `train.log` in its directory. A failing run does not stop the sweep (unless
+--stop-on-error): the failed runs are listed at the end and the exit status is 1; rerunning finishes what is missing.
 """
 from __future__ import annotations
 
@@ -15,12 +17,17 @@ import importlib.util
 import os
 import shlex
 import sys
+import time
+import traceback
 from types import ModuleType
 from typing import Any, Sequence
 
 import ml_collections
 
+from aple_jax import paths
+from aple_jax.capture import tee_output
 from aple_jax.data.names import canonical_name
+from aple_jax.progress import format_duration
 from aple_jax.report import dataset_name, differing_keys, format_run, read_json
 from aple_jax.world.datasets import parse_name as parse_world_name
 from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS
@@ -153,22 +160,75 @@ def check_finished(run: PlannedRun) -> None:
                          f"a tag (--override tag=NAME) or use another --runs-dir")
 
 
-def execute(runs: list[PlannedRun], dry_run: bool) -> None:
-    """Runs the sweep in this process, one run after another, skipping finished ones."""
+def execute(runs: list[PlannedRun], dry_run: bool, stop_on_error: bool = False) -> list[tuple[PlannedRun, str]]:
+    """Runs the sweep in this process, one run after another, skipping finished ones; returns the failed runs with
+    their errors. With `stop_on_error` the first failure is raised instead."""
+    todo = sum(not r.finished for r in runs)
+    start, done, failed = time.monotonic(), 0, []
     for i, r in enumerate(runs, 1):
+        where = f"{i}/{len(runs)}"
         if r.finished:
-            print(f"[{i}/{len(runs)}] skip {r.workdir}: results.json exists (finished)", flush=True)
+            print(f"[{where}] skip {r.workdir}: results.json exists (finished)", flush=True)
             continue
-        print(f"[{i}/{len(runs)}] {'would run' if dry_run else 'run'} {r.workdir}", flush=True)
         if dry_run:
+            print(f"[{where}] would run {r.workdir}", flush=True)
             continue
-        from aple_jax.run import run
+        print(f"[{where}] run {r.workdir} ({_clock(start, done, todo)})", flush=True)
+        t0 = time.monotonic()
+        results, error = run_logged(r, where)
+        done += 1
+        took = format_duration(time.monotonic() - t0)
+        if error is None:
+            print(format_run(results), flush=True)
+            print(f"[{where}] finished {r.workdir} in {took} ({_clock(start, done, todo)})", flush=True)
+            continue
+        if stop_on_error:
+            raise error
+        failed.append((r, f"{type(error).__name__}: {error}".splitlines()[0]))
+        print(f"[{where}] FAILED {r.workdir} after {took}: {failed[-1][1]} (its train.log holds the traceback; "
+              f"{_clock(start, done, todo)})", flush=True)
+    if not dry_run:
+        print_summary(runs, done, failed, time.monotonic() - start)
+    return failed
+
+
+def run_logged(r: PlannedRun, where: str) -> tuple[Any, Exception | None]:
+    """One run with its whole output (and the traceback of a failure) copied to `train.log` in its directory,
+    appended to the logs of earlier attempts; the log is written at the end, so the directory may be a bucket."""
+    from aple_jax.run import run
+    results, error = None, None
+    with tee_output() as captured:
         try:
-            results = run(r.config, r.workdir)
-        except Exception as e:
-            e.add_note(f"in sweep run {i}/{len(runs)}: {r.command()}")
-            raise
-        print(format_run(results), flush=True)
+            captured.append(f"sweep run {where} ({time.strftime('%Y-%m-%d %H:%M:%S')}): {r.command()}\n")
+            try:
+                results = run(r.config, r.workdir)
+            except Exception as e:   # noqa: BLE001 -- reported, logged and listed; the sweep goes on
+                e.add_note(f"in sweep run {where}: {r.command()}")
+                captured.append(traceback.format_exc())
+                error = e
+        finally:
+            log = paths.join(r.workdir, "train.log")
+            earlier = log.read_text() if log.exists() else ""
+            paths.write_text_atomic(log, earlier + captured.text())
+    return results, error
+
+
+def _clock(start: float, done: int, todo: int) -> str:
+    """`elapsed 2:03, ETA 6:09`: the ETA from the mean time of the runs done so far."""
+    elapsed = time.monotonic() - start
+    eta = f", ETA {format_duration(elapsed / done * (todo - done))}" if done else ""
+    return f"elapsed {format_duration(elapsed)}{eta}"
+
+
+def print_summary(runs: list[PlannedRun], done: int, failed: list[tuple[PlannedRun, str]], seconds: float) -> None:
+    """How many runs finished, were skipped or failed; each failed run with its error and log."""
+    skipped = len(runs) - done
+    print(f"sweep: {done - len(failed)} finished, {skipped} skipped (finished before), {len(failed)} failed, "
+          f"in {format_duration(seconds)}", flush=True)
+    if failed:
+        print("failed runs (rerun the sweep to retry them; finished runs are skipped):", flush=True)
+        for r, message in failed:
+            print(f"  {r.workdir}: {message} (log: {paths.join(r.workdir, 'train.log')})", flush=True)
 
 
 def print_commands(runs: list[PlannedRun]) -> None:
@@ -200,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--print-commands", action="store_true",
                       help="print one launch.py command per unfinished run instead of running")
     mode.add_argument("--dry-run", action="store_true", help="list the runs without running them")
+    parser.add_argument("--stop-on-error", action="store_true",
+                        help="stop at the first failing run with its traceback (default: go on, list failures)")
     a = parser.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -217,9 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(e.args[0] if e.args else repr(e))
     if a.print_commands:
         print_commands(runs)
-    else:
-        execute(runs, a.dry_run)
-    return 0
+        return 0
+    return 1 if execute(runs, a.dry_run, a.stop_on_error) else 0
 
 
 if __name__ == "__main__":

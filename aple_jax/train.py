@@ -335,7 +335,7 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
     step_fn = make_train_step(method, plan, tx, packed=k > 1)
     weights = gpa_weights(phase.epochs, *phase.gpa) if phase.gpa is not None else None
     for seed in ctx.seeds:
-        seed.writer.start_phase(phase.name, index, global_step)
+        seed.writer.start_phase(phase.name, index, global_step, phase.epochs)
     metrics = None
     for epoch in range(start_epoch, phase.epochs):
         for epoch_step in range(skip_steps if epoch == start_epoch else 0, per_epoch):
@@ -358,6 +358,8 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
         _save(ctx, global_step, state, loaders, phase=index, epoch=epoch + 1, epoch_step=0)
         if metrics is not None:
             _log(ctx, global_step, phase, epoch, metrics)
+        for seed in ctx.seeds:
+            seed.writer.end_epoch(epoch + 1, global_step)
         for seed, seed_state in zip(ctx.seeds, unpack(state, k)):
             if seed.on_epoch_end is not None:
                 seed.on_epoch_end(phase.name, epoch + 1, seed_state.prompts, global_step)

@@ -69,6 +69,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.eval_every_epoch = False
     c.eval_only_from = ""
     c.progress = True
+    c.progress_every_seconds = 30.0   # without a terminal: a plain progress line this often (and at epoch ends)
     # Multi-host: a coordinator (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or auto=True for
     # JAX's cluster detection on a TPU pod slice or under SLURM / Open MPI.
     c.distributed = ml_collections.ConfigDict(dict(coordinator="", num_processes=0, process_id=-1, auto=False))

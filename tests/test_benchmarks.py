@@ -36,11 +36,13 @@ def test_train_step_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_eval_benchmark_smoke(tmp_path):
+    """With a loader worker process: its shared memory is released (no resource_tracker warning at exit)."""
     out = subprocess.run([sys.executable, "benchmarks/eval.py", "--backbone", "tiny", "--batch", "8", "--images", "8",
-                          "--classes", "4", "--workers", "0", "--passes", "1", "--device-input",
+                          "--classes", "4", "--workers", "1", "--passes", "1", "--device-input",
                           "--json", str(tmp_path / "e.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "resource_tracker" not in out.stderr and "leaked" not in out.stderr, out.stderr[-3000:]
     for row in ("| bare image forward |", "| evaluate, host-generated input", "| evaluate, device-resident input",
                 "| eval step alone, device-resident input"):
         assert row in out.stdout, out.stdout

@@ -2,6 +2,7 @@
 delivered as global arrays sharded on the mesh's `data` axis."""
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -11,6 +12,7 @@ import grain
 import jax
 import numpy as np
 from absl import flags
+from grain.multiprocessing import SharedMemoryArray
 from jax.sharding import Mesh
 
 from aple_jax.data.elements import BatchLayout, EvalElement, TrainElement
@@ -38,11 +40,38 @@ def _to_iter(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
     return it
 
 
+def _unlink(leaf: Any) -> None:
+    """Removes the name of a worker's shared-memory array now; the memory stays mapped while the array (or a
+    device buffer aliasing it) lives and is freed with it."""
+    if isinstance(leaf, SharedMemoryArray) and leaf._unlink_on_del:   # pylint: disable=protected-access
+        leaf.shm.unlink()
+        leaf._unlink_on_del = False                                   # pylint: disable=protected-access
+
+
+def _unlinked(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with its shared-memory names removed on arrival: grain unlinks each only when its array is
+    deleted, asynchronously, so arrays alive (or queued for deletion) at exit were left to Python's
+    resource_tracker ("leaked shared_memory objects")."""
+    for leaf in batch.values():
+        _unlink(leaf)
+    return batch
+
+
+def _close(iterator: grain.DatasetIterator, workers: bool) -> None:
+    """Stops prefetching and the worker processes; with workers, also unlinks the batches fetched ahead that
+    grain's closed iterator still holds in its thread buffers (they would outlive the process otherwise)."""
+    iterator.close()
+    if workers:
+        for obj in gc.get_objects():
+            _unlink(obj)
+
+
 class TrainLoader(Iterator[dict[str, jax.Array]]):
     """Infinite iterator over training batches; `get_state`/`set_state` resume the exact sequence."""
 
-    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, steps_per_epoch: int):
+    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, steps_per_epoch: int, workers: bool = False):
         self._iterator = iter(dataset)
+        self._workers = workers
         self._mesh = mesh
         self._steps_per_epoch = steps_per_epoch
 
@@ -51,7 +80,7 @@ class TrainLoader(Iterator[dict[str, jax.Array]]):
         return self._steps_per_epoch
 
     def __next__(self) -> dict[str, jax.Array]:
-        return shard_batch(next(self._iterator), self._mesh)
+        return shard_batch(_unlinked(next(self._iterator)), self._mesh)
 
     def get_state(self) -> dict[str, Any]:
         return self._iterator.get_state()
@@ -61,7 +90,7 @@ class TrainLoader(Iterator[dict[str, jax.Array]]):
 
     def close(self) -> None:
         """Stops prefetching and the worker processes."""
-        self._iterator.close()
+        _close(self._iterator, self._workers)
 
 
 def train_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int, seed: int,
@@ -75,14 +104,14 @@ def train_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, im
     element = TrainElement(source, layout, image_size, seed, augment, crop_scale)
     ds = grain.MapDataset.range(sys.maxsize // global_batch_size * layout.local_batch_size).map(element)
     ds = ds.batch(layout.local_batch_size, drop_remainder=True)
-    return TrainLoader(_to_iter(ds, num_workers), mesh, element.steps_per_epoch)
+    return TrainLoader(_to_iter(ds, num_workers), mesh, element.steps_per_epoch, workers=num_workers > 0)
 
 
 class EvalLoader:
     """Re-iterable evaluation batches with "mask"; every example appears exactly once per pass."""
 
-    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, num_batches: int):
-        self._dataset, self._mesh, self._num_batches = dataset, mesh, num_batches
+    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, num_batches: int, workers: bool = False):
+        self._dataset, self._mesh, self._num_batches, self._workers = dataset, mesh, num_batches, workers
 
     def __len__(self) -> int:
         return self._num_batches
@@ -91,9 +120,9 @@ class EvalLoader:
         iterator = iter(self._dataset)
         try:
             for batch in iterator:
-                yield shard_batch(batch, self._mesh)
+                yield shard_batch(_unlinked(batch), self._mesh)
         finally:
-            iterator.close()
+            _close(iterator, self._workers)
 
 
 def eval_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int, mesh: Mesh,
@@ -103,7 +132,7 @@ def eval_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, ima
     num_batches = -(-len(source) // global_batch_size)
     ds = grain.MapDataset.range(num_batches * layout.local_batch_size).map(EvalElement(source, layout, image_size))
     ds = ds.batch(layout.local_batch_size, drop_remainder=True)
-    return EvalLoader(_to_iter(ds, num_workers), mesh, num_batches)
+    return EvalLoader(_to_iter(ds, num_workers), mesh, num_batches, workers=num_workers > 0)
 
 
 def host_batches(loader: EvalLoader | TrainLoader) -> Iterator[dict[str, np.ndarray]]:
