@@ -117,7 +117,7 @@ def _count(keys: Iterable[str], pattern: str) -> int:
 def prompt_shape(method: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
     """The prompt lengths and depths of a checkpoint, as our config keys (only the keys the method uses)."""
     ctx_key = "prompt_learner.ctx" if method in WHOLE_MODEL else "ctx"
-    out = {"prompts.text.n_ctx": shapes[ctx_key][-2] if ctx_key in shapes and len(shapes[ctx_key]) >= 2 else 0}
+    out = {"prompts.text.n_ctx": shapes[ctx_key][-2]} if len(shapes.get(ctx_key, ())) >= 2 else {}
     if method == "maple":
         out["prompts.text.depth"] = 1 + _count(shapes, r"prompt_learner\.compound_prompts_text\.\d+")
     elif method in ("ivlp", "promptsrc"):
