@@ -93,7 +93,8 @@ def official_state_dict(method, openai_sd, n_ctx=None, depth=2, vision_depth=2, 
         if method == "kgcoop":
             sd["meta_net.linear1.weight"], sd["meta_net.linear1.bias"] = rnd(512, 512).half(), rnd(512).half()
         if method == "cocoop":
-            sd["meta_net.linear1.weight"], sd["meta_net.linear1.bias"] = rnd(emb // 16, emb).half(), rnd(emb // 16).half()
+            hidden = emb // 16
+            sd["meta_net.linear1.weight"], sd["meta_net.linear1.bias"] = rnd(hidden, emb).half(), rnd(hidden).half()
             sd["meta_net.linear2.weight"], sd["meta_net.linear2.bias"] = rnd(tw, emb // 16).half(), rnd(tw).half()
         return sd
     frozen = _frozen(openai_sd, method)
@@ -244,10 +245,10 @@ def test_another_prompt_length_or_depth_is_refused(openai_tiny, tmp_path):
              r"checkpoint prompts\.text\.n_ctx=3, config 2; .*mis-shaped .*prompt_learner\.ctx \(3, 64\) "
              r"\(expected \(2, 64\)\)")
     _refusal(tmp_path / "b", "maple", official_state_dict("maple", openai_tiny, depth=3), config("maple"),
-             r"checkpoint prompts\.text\.depth=3, config 2; unexpected \(3\): prompt_learner\.compound_prompts_text\.1, "
-             r"prompt_learner\.compound_prompt_projections\.1\.weight")
-    _refusal(tmp_path / "c", "maple", official_state_dict("maple", openai_tiny), config("maple", prompts__text__depth=1),
-             r"unexpected \(3\): prompt_learner\.compound_prompts_text\.0")
+             r"checkpoint prompts\.text\.depth=3, config 2; unexpected \(3\): "
+             r"prompt_learner\.compound_prompts_text\.1, prompt_learner\.compound_prompt_projections\.1\.weight")
+    _refusal(tmp_path / "c", "maple", official_state_dict("maple", openai_tiny),
+             config("maple", prompts__text__depth=1), r"unexpected \(3\): prompt_learner\.compound_prompts_text\.0")
     _refusal(tmp_path / "d", "ivlp", official_state_dict("ivlp", openai_tiny, vision_depth=1), config("ivlp"),
              r"checkpoint prompts\.vision\.depth=1, config 2; missing \(1\): "
              r"image_encoder\.transformer\.resblocks\.1\.VPT_shallow")
@@ -332,3 +333,12 @@ def test_eval_only_from_an_official_checkpoint_of_another_shape_is_refused(opena
         run(tiny_config("ivlp", eval_only_from=path, **SMALL), str(tmp_path / "a"))
     with pytest.raises(CheckpointError, match=r"prompts\.text\.n_ctx: checkpoint 2, now 4"):
         run(tiny_config("maple", eval_only_from=path, prompts__text__n_ctx=4, **SMALL), str(tmp_path / "b"))
+
+
+def test_the_entry_points_print_one_error_line(tmp_path):
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "aple_jax.interop.export_prompts", str(tmp_path), "--out",
+                           str(tmp_path / "o"), "--method", "aple"], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: method 'aple': APLe has no official PyTorch code"), proc.stderr

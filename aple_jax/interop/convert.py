@@ -19,8 +19,8 @@ from aple_jax import prompts as P
 from aple_jax.clip.model import CLIPConfig
 from aple_jax.errors import CheckpointError, ConfigError
 from aple_jax.interop import dassl
-from aple_jax.interop.mapping import (COMPATIBLE, DISPLAY, KGCOOP_FROZEN, MODEL_NAMES, NOT_SUPPORTED, SUPPORTED, buffer_keys,
-                                      detect_method, frozen_keys, official_key, prompt_shape)
+from aple_jax.interop.mapping import (COMPATIBLE, DISPLAY, KGCOOP_FROZEN, MODEL_NAMES, NOT_SUPPORTED, SUPPORTED,
+                                      buffer_keys, detect_method, frozen_keys, official_key, prompt_shape)
 
 MAX_LISTED = 12
 
