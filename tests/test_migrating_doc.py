@@ -90,7 +90,9 @@ def test_every_command_of_the_migration_guide_runs(world):
                for d in ("maple-imported", "maple-official")]
     assert results[0]["evals"] == results[1]["evals"] and results[0]["num_train_images"] == 0
     assert len(sorted(cwd.glob("runs/released/maple/**/results.json"))) == 2
-    assert "MaPLe (reference)" in outputs[4] and "82.28" in outputs[4]
+    assert "runs/released/results.md" in outputs[4]
+    table = (cwd / "runs" / "released" / "results.md").read_text()
+    assert "MaPLe (reference)" in table and "82.28" in table
     assert (cwd / "exported" / "MultiModalPromptLearner" / "model.pth.tar-4").exists()   # :tiny trains 4 epochs
     printed = [line for line in outputs[7].splitlines() if line.startswith("python launch.py")]
     assert len(printed) == 33
