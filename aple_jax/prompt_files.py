@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from aple_jax import paths
+from aple_jax import interop, paths
 from aple_jax import prompts as P
 from aple_jax.errors import CheckpointError, StorageError
 
@@ -94,10 +94,15 @@ def read_prompts_meta(path: paths.PathLike) -> dict[str, Any] | None:
     return json.loads(str(loaded[PROMPTS_META_KEY][()])) if PROMPTS_META_KEY in loaded else None
 
 
+def read_leaves(path: paths.PathLike) -> dict[str, np.ndarray]:
+    """The flat leaves of a prompts file, as stored (no tree to check them against)."""
+    return {k: v for k, v in _load_npz(path).items() if k != PROMPTS_META_KEY}
+
+
 def read_prompts(path: paths.PathLike, prompts_like: Any) -> Any:
     """Prompts from a prompts file; its leaves must match the method's prompt tree in names and shapes, be
     floating point and finite."""
-    loaded = {k: v for k, v in _load_npz(path).items() if k != PROMPTS_META_KEY}
+    loaded = read_leaves(path)
     return P.unflatten({k: jax.numpy.asarray(v) for k, v in check_leaves(loaded, prompts_like, str(path)).items()})
 
 
@@ -128,6 +133,14 @@ def check_provenance(source: paths.PathLike, meta: dict[str, Any] | None, config
     """
     if meta is None:
         return
+    if "detected" in meta:       # an official checkpoint: what its keys say
+        current = prompt_config(config)
+        diff = sorted(k for k, v in meta["detected"].items() if current.get(k) != v)
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {meta['detected'][k]!r}, now {current.get(k)!r}" for k in diff)
+            raise CheckpointError(f"{source} is an official checkpoint of another method/prompt shape ({details})",
+                                  hint="evaluate it with the config of the method, lengths and depths it was "
+                                       "trained with")
     if "config" in meta:
         trained, current = meta["config"], prompt_config(config)
         diff = sorted(k for k in set(trained) | set(current) if trained.get(k) != current.get(k))
@@ -146,11 +159,13 @@ def check_provenance(source: paths.PathLike, meta: dict[str, Any] | None, config
 
 def source_meta(source: paths.PathLike) -> dict[str, Any] | None:
     """The provenance of an eval-only source: a run directory (its config.json and classnames.json, else its
-    prompts.npz) or a prompts file."""
+    prompts.npz), a prompts file or an official checkpoint (what its keys say)."""
     source = paths.as_path(source)
     if not source.exists():
         raise StorageError(f"eval_only_from={str(source)!r} does not exist",
                               hint="give a run directory, a prompts .npz or an official checkpoint file")
+    if interop.is_official_checkpoint(source):
+        return interop.checkpoint_meta(source)
     if not source.is_dir():
         return read_prompts_meta(source)
     meta = run_dir_meta(source)

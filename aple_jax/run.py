@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from aple_jax import checkpoint, evaluate, paths, prompt_files, sharding, train
+from aple_jax import checkpoint, evaluate, interop, paths, prompt_files, sharding, train
 from aple_jax.clip.backbone import load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
@@ -267,8 +267,10 @@ def check_trained_run(source: str, config: ml_collections.ConfigDict, setting: S
 
 
 def load_trained_prompts(source: str, method: Method, phases: list, prompts_like: Any) -> Any:
-    """The final prompts of a run directory or a prompts file (eval-only mode)."""
+    """The final prompts of a run directory, a prompts file or an official checkpoint (eval-only mode)."""
     source = paths.as_path(source)
+    if interop.is_official_checkpoint(source):
+        return interop.load_prompts(source, method, prompts_like)
     if not source.is_dir():
         return prompt_files.read_prompts(source, prompts_like)
     if (source / "prompts.npz").exists():

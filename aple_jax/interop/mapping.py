@@ -1,0 +1,178 @@
+"""Names of the official prompt checkpoints, per method: our prompt-tree leaves <-> Dassl state-dict keys.
+
+Read from the official trainers (CoOp, CoCoOp: KaiyangZhou/CoOp; KgCoOp: htyao89/KgCoOp; MaPLe, IVLP:
+muzairkhattak/multimodal-prompt-learning; PromptSRC: muzairkhattak/PromptSRC):
+- CoOp, CoCoOp and KgCoOp register the prompt learner alone: bare names (`ctx`, `meta_net.linear1.weight`).
+- MaPLe, IVLP and PromptSRC register the whole CustomCLIP: `prompt_learner.*`, `image_encoder.*` (OpenAI's
+  `visual.*`), `text_encoder.*` (OpenAI's text tower without `token_embedding`) and `logit_scale`.
+- MaPLe's deep text prompts are `compound_prompts_text.{k}` and their couplings `compound_prompt_projections.{k}`,
+  both for layer k + 1 (our `text/deep_{k+1}`, `coupling/proj_{k+1}`); the layer-0 coupling is `proj`.
+- IVLP/PromptSRC's deep prompts are `resblocks.{i}.VPT_shallow`, for layer i (our `deep_{i}`); the layer-0 vision
+  prompts are `image_encoder.VPT`.
+- `nn.Linear` weights are (out, in): our kernels are their transpose.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Iterable, Mapping
+
+from aple_jax.clip.model import CLIPConfig
+
+SUPPORTED = ("coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc")
+# The name each official trainer registers its model under: `<output>/<ModelName>/model.pth.tar-<epoch>`.
+MODEL_NAMES = {"coop": "prompt_learner", "kgcoop": "prompt_learner", "cocoop": "prompt_learner",
+               "maple": "MultiModalPromptLearner", "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner"}
+WHOLE_MODEL = ("maple", "ivlp", "promptsrc")
+DISPLAY = {"coop": "CoOp", "kgcoop": "KgCoOp", "cocoop": "CoCoOp", "maple": "MaPLe", "ivlp": "IVLP",
+           "promptsrc": "PromptSRC", "aple": "APLe", "zeroshot": "zero-shot CLIP"}
+NOT_SUPPORTED = {
+    "aple": "APLe has no official PyTorch code, so there is no official checkpoint format to read or write; its "
+            "prompts live in prompts.npz",
+    "zeroshot": "zero-shot CLIP learns no prompts, so it has no prompt checkpoint",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Our leaf path (a regex; its one group is a layer index) <-> the official key (`{}` = that index + shift)."""
+    ours: str
+    theirs: str
+    shift: int = 0
+    linear: bool = False   # an nn.Linear weight: (out, in) there, our (in, out) kernel here
+
+
+_PROMPT_LEARNER_CTX = (Rule("text/ctx", "ctx"),)
+_VLP = (Rule("text/ctx", "prompt_learner.ctx"),
+        Rule(r"text/deep_(\d+)", "text_encoder.transformer.resblocks.{}.VPT_shallow"),
+        Rule("vision/shallow", "image_encoder.VPT"),
+        Rule(r"vision/deep_(\d+)", "image_encoder.transformer.resblocks.{}.VPT_shallow"))
+RULES: dict[str, tuple[Rule, ...]] = {
+    "coop": _PROMPT_LEARNER_CTX,
+    "kgcoop": _PROMPT_LEARNER_CTX,
+    "cocoop": _PROMPT_LEARNER_CTX + (Rule(r"meta_net/linear([12])/kernel", "meta_net.linear{}.weight", linear=True),
+                                     Rule(r"meta_net/linear([12])/bias", "meta_net.linear{}.bias")),
+    "maple": (Rule("text/ctx", "prompt_learner.ctx"),
+              Rule(r"text/deep_(\d+)", "prompt_learner.compound_prompts_text.{}", shift=-1),
+              Rule("coupling/proj_0/kernel", "prompt_learner.proj.weight", linear=True),
+              Rule("coupling/proj_0/bias", "prompt_learner.proj.bias"),
+              Rule(r"coupling/proj_([1-9]\d*)/kernel", "prompt_learner.compound_prompt_projections.{}.weight",
+                   shift=-1, linear=True),
+              Rule(r"coupling/proj_([1-9]\d*)/bias", "prompt_learner.compound_prompt_projections.{}.bias",
+                   shift=-1)),
+    "ivlp": _VLP,
+    "promptsrc": _VLP,
+}
+
+
+def official_key(method: str, path: str) -> tuple[str, bool]:
+    """(official key, is a Linear weight) of one of our leaves."""
+    for rule in RULES[method]:
+        m = re.fullmatch(rule.ours, path)
+        if m:
+            return (rule.theirs.format(int(m.group(1)) + rule.shift) if m.groups() else rule.theirs), rule.linear
+    raise KeyError(f"{DISPLAY[method]} has no official counterpart of our prompt leaf {path!r}")
+
+
+def buffer_keys(method: str) -> tuple[str, str]:
+    """The fixed token buffers the official `load_model` deletes before loading."""
+    prefix = "prompt_learner." if method in WHOLE_MODEL else ""
+    return f"{prefix}token_prefix", f"{prefix}token_suffix"
+
+
+# KgCoOp's prompt learner also saves a frozen, unused `bias_vectors` (1, 512) and `meta_net` Linear(512, 512),
+# both hard-coded to 512 whatever the backbone: ignored, whatever their shape.
+KGCOOP_FROZEN = ("bias_vectors", "meta_net.linear1.weight", "meta_net.linear1.bias")
+ZS_PREFIX = "prompt_learner.ZS_image_encoder."   # PromptSRC's frozen copy of the image tower
+
+
+def detect_method(keys: Iterable[str]) -> str | None:
+    """Which official trainer wrote a state dict with these keys (None: none of them).
+
+    A file with `ctx` alone is "coop", one with IVLP's prompts alone "ivlp": see COMPATIBLE.
+    """
+    keys = set(keys)
+    if any(k.startswith(ZS_PREFIX) for k in keys):
+        return "promptsrc"
+    if "prompt_learner.proj.weight" in keys or any(k.startswith("prompt_learner.compound_prompt") for k in keys):
+        return "maple"
+    if "prompt_learner.ctx" in keys:
+        return "ivlp"
+    if "ctx" in keys:
+        if "bias_vectors" in keys:
+            return "kgcoop"
+        return "cocoop" if any(k.startswith("meta_net.") for k in keys) else "coop"
+    return None
+
+
+# Methods whose checkpoints a detected layout may also be, because an exported file holds trainable tensors only:
+# KgCoOp's are CoOp's `ctx`, PromptSRC's are IVLP's prompts (without the frozen ZS_image_encoder).
+COMPATIBLE = {"coop": ("coop", "kgcoop"), "ivlp": ("ivlp", "promptsrc")}
+
+
+def _count(keys: Iterable[str], pattern: str) -> int:
+    return sum(1 for k in keys if re.fullmatch(pattern, k))
+
+
+def prompt_shape(method: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """The prompt lengths and depths of a checkpoint, as our config keys (only the keys the method uses)."""
+    ctx_key = "prompt_learner.ctx" if method in WHOLE_MODEL else "ctx"
+    out = {"prompts.text.n_ctx": shapes[ctx_key][-2]} if len(shapes.get(ctx_key, ())) >= 2 else {}
+    if method == "maple":
+        out["prompts.text.depth"] = 1 + _count(shapes, r"prompt_learner\.compound_prompts_text\.\d+")
+    elif method in ("ivlp", "promptsrc"):
+        out["prompts.text.depth"] = 1 + _count(shapes, r"text_encoder\.transformer\.resblocks\.\d+\.VPT_shallow")
+        has_vpt = "image_encoder.VPT" in shapes
+        out["prompts.vision.depth"] = int(has_vpt) + _count(
+            shapes, r"image_encoder\.transformer\.resblocks\.\d+\.VPT_shallow")
+        if has_vpt:
+            out["prompts.vision.n_ctx"] = shapes["image_encoder.VPT"][0]
+    else:
+        out.update({"prompts.text.depth": 1, "prompts.vision.depth": 0})
+    return out
+
+
+def clip_shapes(cfg: CLIPConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an OpenAI CLIP ViT state dict with its shape (the layout `clip/weights.py` reads)."""
+    tw, vw, hidden = cfg.text_width, cfg.vision_width, cfg.mlp_ratio
+    p = cfg.vision_patch_size
+    out: dict[str, tuple[int, ...]] = {
+        "positional_embedding": (cfg.context_length, tw), "text_projection": (tw, cfg.embed_dim),
+        "logit_scale": (), "token_embedding.weight": (cfg.vocab_size, tw),
+        "ln_final.weight": (tw,), "ln_final.bias": (tw,),
+        "visual.class_embedding": (vw,), "visual.positional_embedding": (cfg.num_patches + 1, vw),
+        "visual.proj": (vw, cfg.embed_dim), "visual.conv1.weight": (vw, 3, p, p),
+        "visual.ln_pre.weight": (vw,), "visual.ln_pre.bias": (vw,),
+        "visual.ln_post.weight": (vw,), "visual.ln_post.bias": (vw,),
+    }
+    for prefix, width, layers in (("transformer", tw, cfg.text_layers), ("visual.transformer", vw, cfg.vision_layers)):
+        for i in range(layers):
+            b = f"{prefix}.resblocks.{i}."
+            out.update({b + "attn.in_proj_weight": (3 * width, width), b + "attn.in_proj_bias": (3 * width,),
+                        b + "attn.out_proj.weight": (width, width), b + "attn.out_proj.bias": (width,),
+                        b + "ln_1.weight": (width,), b + "ln_1.bias": (width,),
+                        b + "mlp.c_fc.weight": (hidden * width, width), b + "mlp.c_fc.bias": (hidden * width,),
+                        b + "mlp.c_proj.weight": (width, hidden * width), b + "mlp.c_proj.bias": (width,),
+                        b + "ln_2.weight": (width,), b + "ln_2.bias": (width,)})
+    return out
+
+
+def frozen_keys(method: str, cfg: CLIPConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{official key: (group, shape)} of the frozen CLIP tensors a whole-model checkpoint of `method` holds.
+
+    Groups: "frozen CLIP" (the prompted model's towers and `logit_scale`, all of OpenAI's CLIP but the token
+    embedding table) and "ZS_image_encoder" (PromptSRC's frozen copy of the image tower).
+    """
+    if method not in WHOLE_MODEL:
+        return {}
+    out = {}
+    for name, shape in clip_shapes(cfg).items():
+        if name == "token_embedding.weight":
+            continue
+        if name.startswith("visual."):
+            out["image_encoder." + name[len("visual."):]] = ("frozen CLIP", shape)
+            if method == "promptsrc":
+                out[ZS_PREFIX + name[len("visual."):]] = ("ZS_image_encoder", shape)
+        else:
+            out[name if name == "logit_scale" else "text_encoder." + name] = ("frozen CLIP", shape)
+    return out

@@ -1,0 +1,344 @@
+"""Official prompt checkpoints in and out: files built as each official trainer saves them (names, shapes, mixed
+fp16, frozen CLIP, buffers, optimizer and pickled scheduler), imported leaf by leaf, round trips, refusals."""
+import os
+import re
+import sys
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from aple_jax import prompts as P  # noqa: E402
+from aple_jax.clip.model import get_config  # noqa: E402
+from aple_jax.errors import AplejaxError, CheckpointError, ConfigError  # noqa: E402
+from aple_jax.interop import dassl, mapping  # noqa: E402
+from aple_jax.interop.export_prompts import export  # noqa: E402
+from aple_jax.interop.import_prompts import import_checkpoint  # noqa: E402
+from aple_jax.prompt_files import read_leaves, read_prompts_meta  # noqa: E402
+from aple_jax.run import run  # noqa: E402
+from tests.helpers import tiny_config  # noqa: E402
+from tests.test_clip_parity import TINY_TEXT, TINY_VISION, hf_clip, hf_to_openai  # noqa: E402
+
+TINY = get_config("tiny")
+N_CLS = 5
+EPOCHS = {"coop": 200, "kgcoop": 100, "cocoop": 10, "maple": 5, "ivlp": 20, "promptsrc": 20}
+MODEL = {"coop": "prompt_learner", "kgcoop": "prompt_learner", "cocoop": "prompt_learner",
+         "maple": "MultiModalPromptLearner", "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner"}
+# What each tiny config's prompt leaf is called in the official file (read from the official trainers, written
+# here independently of aple_jax/interop/mapping.py): (official key, Linear weight stored (out, in)).
+EXPECTED = {
+    "coop": {"text/ctx": ("ctx", False)},
+    "kgcoop": {"text/ctx": ("ctx", False)},
+    "cocoop": {"text/ctx": ("ctx", False),
+               "meta_net/linear1/kernel": ("meta_net.linear1.weight", True),
+               "meta_net/linear1/bias": ("meta_net.linear1.bias", False),
+               "meta_net/linear2/kernel": ("meta_net.linear2.weight", True),
+               "meta_net/linear2/bias": ("meta_net.linear2.bias", False)},
+    "maple": {"text/ctx": ("prompt_learner.ctx", False),
+              "text/deep_1": ("prompt_learner.compound_prompts_text.0", False),
+              "coupling/proj_0/kernel": ("prompt_learner.proj.weight", True),
+              "coupling/proj_0/bias": ("prompt_learner.proj.bias", False),
+              "coupling/proj_1/kernel": ("prompt_learner.compound_prompt_projections.0.weight", True),
+              "coupling/proj_1/bias": ("prompt_learner.compound_prompt_projections.0.bias", False)},
+    "ivlp": {"text/ctx": ("prompt_learner.ctx", False),
+             "text/deep_1": ("text_encoder.transformer.resblocks.1.VPT_shallow", False),
+             "vision/shallow": ("image_encoder.VPT", False),
+             "vision/deep_1": ("image_encoder.transformer.resblocks.1.VPT_shallow", False)},
+}
+EXPECTED["promptsrc"] = EXPECTED["ivlp"]
+FP16_SUFFIXES = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias", "c_fc.weight", "c_fc.bias",
+                 "c_proj.weight", "c_proj.bias", "conv1.weight", "proj", "text_projection")
+
+
+@pytest.fixture(scope="module")
+def openai_tiny():
+    """A tiny CLIP with the tiny preset's shapes, in OpenAI names (from transformers, via the parity tests)."""
+    return hf_to_openai(hf_clip(TINY_TEXT, TINY_VISION, projection_dim=TINY.embed_dim).state_dict())
+
+
+def _frozen(openai_sd, method):
+    """The frozen CLIP of a whole-model checkpoint as `convert_weights` + PREC=fp16 leave it (no token table)."""
+    def half(name, t):
+        return t.half() if name.endswith(FP16_SUFFIXES) else t.float()
+    out = OrderedDict(logit_scale=openai_sd["logit_scale"].float())
+    for name, t in openai_sd.items():
+        if name.startswith("visual."):
+            out["image_encoder." + name[7:]] = half(name, t)
+    for name, t in openai_sd.items():
+        if not name.startswith("visual.") and name not in ("logit_scale", "token_embedding.weight",
+                                                           "input_resolution", "context_length", "vocab_size"):
+            out["text_encoder." + name] = half(name, t)
+    if method == "promptsrc":
+        out.update(("prompt_learner.ZS_image_encoder." + n[7:], half(n, t)) for n, t in openai_sd.items()
+                   if n.startswith("visual."))
+    return out
+
+
+def official_state_dict(method, openai_sd, n_ctx=None, depth=2, vision_depth=2, seed=0, csc=False):
+    """The state dict the official trainer of `method` saves, on the tiny preset's shapes (fp16 as PREC=fp16)."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g)   # noqa: E731
+    tw, vw, emb = TINY.text_width, TINY.vision_width, TINY.embed_dim
+    n = n_ctx or (2 if method == "maple" else 4)
+    buffers = {"token_prefix": rnd(N_CLS, 1, tw).half(), "token_suffix": rnd(N_CLS, 77 - 1 - n, tw).half()}
+    sd = OrderedDict()
+    if method in ("coop", "kgcoop", "cocoop"):
+        sd["ctx"] = (rnd(N_CLS, n, tw) if csc else rnd(n, tw)).half()
+        if method == "kgcoop":
+            sd["bias_vectors"] = rnd(1, 512).half()
+        sd.update(buffers)
+        if method == "kgcoop":
+            sd["meta_net.linear1.weight"], sd["meta_net.linear1.bias"] = rnd(512, 512).half(), rnd(512).half()
+        if method == "cocoop":
+            hidden = emb // 16
+            sd["meta_net.linear1.weight"], sd["meta_net.linear1.bias"] = rnd(hidden, emb).half(), rnd(hidden).half()
+            sd["meta_net.linear2.weight"], sd["meta_net.linear2.bias"] = rnd(tw, emb // 16).half(), rnd(tw).half()
+        return sd
+    frozen = _frozen(openai_sd, method)
+    sd["logit_scale"] = frozen.pop("logit_scale")
+    sd["prompt_learner.ctx"] = rnd(n, tw).half()
+    if method == "maple":
+        for k in range(depth - 1):
+            sd[f"prompt_learner.compound_prompts_text.{k}"] = rnd(n, tw)
+        sd.update(("prompt_learner." + k, v) for k, v in buffers.items())
+        sd["prompt_learner.proj.weight"], sd["prompt_learner.proj.bias"] = rnd(vw, tw).half(), rnd(vw).half()
+        for k in range(depth - 1):
+            sd[f"prompt_learner.compound_prompt_projections.{k}.weight"] = rnd(vw, tw)
+            sd[f"prompt_learner.compound_prompt_projections.{k}.bias"] = rnd(vw)
+    else:
+        sd.update(("prompt_learner." + k, v) for k, v in buffers.items())
+        sd.update((k, v) for k, v in frozen.items() if k.startswith("prompt_learner.ZS_image_encoder."))
+        if vision_depth:
+            sd["image_encoder.VPT"] = rnd(n, vw)
+        for i in range(1, vision_depth):
+            sd[f"image_encoder.transformer.resblocks.{i}.VPT_shallow"] = rnd(n, vw)
+        for i in range(1, depth):
+            sd[f"text_encoder.transformer.resblocks.{i}.VPT_shallow"] = rnd(n, tw)
+    sd.update((k, v) for k, v in frozen.items() if not k.startswith("prompt_learner."))
+    return sd
+
+
+def save_official(root, method, sd, epoch=None):
+    """`<root>/<ModelName>/model.pth.tar-<epoch>` as Dassl's save_checkpoint writes it: state_dict, epoch, the SGD
+    state over every parameter (momentum only for trainable ones), a pickled scheduler object, val_result."""
+    epoch = epoch or EPOCHS[method]
+    buffers = ("token_prefix", "token_suffix")
+    params = {k: torch.nn.Parameter(v.float()) for k, v in sd.items() if not k.endswith(buffers)}
+    trainable = set(EXPECTED[method].values())
+    optim = torch.optim.SGD(list(params.values()), lr=0.002, momentum=0.9, weight_decay=5e-4)
+    for k, p in params.items():
+        p.grad = torch.ones_like(p) if (k, False) in trainable or (k, True) in trainable else None
+    optim.step()
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=epoch)
+    scheduler = {"successor": cosine, "warmup_epoch": 1, "cons_lr": 1e-5, "last_epoch": epoch, "base_lrs": [0.002]}
+    path = os.path.join(root, MODEL[method], f"model.pth.tar-{epoch}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"state_dict": sd, "epoch": epoch, "optimizer": optim.state_dict(), "scheduler": scheduler,
+                "val_result": None}, path)
+    with open(os.path.join(os.path.dirname(path), "checkpoint"), "w") as f:
+        f.write(os.path.basename(path) + "\n")
+    return path
+
+
+def config(method, **overrides):
+    return tiny_config(method, **overrides)
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_official_checkpoint_imports_leaf_by_leaf_and_round_trips_bit_exact(method, openai_tiny, tmp_path):
+    sd = official_state_dict(method, openai_tiny)
+    path = save_official(str(tmp_path / "output"), method, sd)
+    meta = import_checkpoint(path, config(method), str(tmp_path / "prompts.npz"))
+    leaves = read_leaves(tmp_path / "prompts.npz")
+    assert sorted(leaves) == sorted(EXPECTED[method])
+    for ours, (theirs, linear) in EXPECTED[method].items():
+        want = sd[theirs].float().numpy()
+        np.testing.assert_array_equal(leaves[ours], want.T if linear else want, err_msg=ours)
+        assert leaves[ours].dtype == np.float32
+    assert meta["source"] == {"checkpoint": path, "epoch": EPOCHS[method], "method": method, "format": "dassl",
+                              "model_name": MODEL[method]}
+    assert read_prompts_meta(tmp_path / "prompts.npz")["config"]["method"] == method
+
+    # export into the official layout, and the official load_model: drop the buffers, load_state_dict(strict=False)
+    written = export(tmp_path / "prompts.npz", tmp_path / "exported")
+    assert written == str(tmp_path / "exported" / MODEL[method] / f"model.pth.tar-{EPOCHS[method]}")
+    assert (tmp_path / "exported" / MODEL[method] / "checkpoint").read_text() == f"model.pth.tar-{EPOCHS[method]}\n"
+    saved = torch.load(written, map_location="cpu", weights_only=True)
+    assert saved["epoch"] == EPOCHS[method] and set(saved) >= {"state_dict", "optimizer", "scheduler"}
+    assert sorted(saved["state_dict"]) == sorted(k for k, _ in EXPECTED[method].values())
+    model = _Holder(sd)
+    result = model.load_state_dict(saved["state_dict"], strict=False)
+    assert result.unexpected_keys == []
+    for key, value in saved["state_dict"].items():
+        np.testing.assert_array_equal(value.numpy(), sd[key].float().numpy(), err_msg=key)
+
+    # ... and back: bit-exact
+    import_checkpoint(written, config(method), str(tmp_path / "again.npz"))
+    again = read_leaves(tmp_path / "again.npz")
+    assert sorted(again) == sorted(leaves)
+    for k in leaves:
+        assert again[k].dtype == leaves[k].dtype and again[k].tobytes() == leaves[k].tobytes(), k
+
+
+class _Holder(torch.nn.Module):
+    """A module whose state_dict has exactly the given names and shapes (stands in for the official model)."""
+
+    def __init__(self, sd):
+        super().__init__()
+        for name, t in sd.items():
+            mod = self
+            *parents, leaf = name.split(".")
+            for p in parents:
+                if not hasattr(mod, p):
+                    mod.add_module(p, torch.nn.Module())
+                mod = getattr(mod, p)
+            mod.register_parameter(leaf, torch.nn.Parameter(torch.zeros_like(t), requires_grad=False))
+
+
+def test_clip_shapes_are_openais_layout(openai_tiny):
+    shapes = {k: tuple(v.shape) for k, v in openai_tiny.items() if k not in ("input_resolution", "context_length",
+                                                                             "vocab_size")}
+    assert mapping.clip_shapes(TINY) == shapes
+
+
+def test_methods_are_detected_from_their_keys(openai_tiny):
+    for method in EXPECTED:
+        assert mapping.detect_method(official_state_dict(method, openai_tiny)) == method
+    assert mapping.detect_method({"visual.conv1.weight": 0}) is None
+
+
+def _refusal(tmp_path, method, sd, cfg, pattern):
+    path = save_official(str(tmp_path / "o"), method, sd)
+    with pytest.raises(AplejaxError, match=pattern):
+        import_checkpoint(path, cfg, str(tmp_path / "p.npz"))
+    assert not (tmp_path / "p.npz").exists()
+
+
+def test_another_methods_checkpoint_is_refused(openai_tiny, tmp_path):
+    sd = official_state_dict("ivlp", openai_tiny)
+    _refusal(tmp_path, "ivlp", sd, config("maple"), r"is a IVLP checkpoint \(VLPromptLearner\), but this config's "
+                                                    r"method is 'maple'")
+    sd = official_state_dict("promptsrc", openai_tiny)
+    _refusal(tmp_path, "promptsrc", sd, config("ivlp"), r"is a PromptSRC checkpoint.*method is 'ivlp'")
+    _refusal(tmp_path, "kgcoop", official_state_dict("kgcoop", openai_tiny), config("coop"),
+             r"is a KgCoOp checkpoint.*method is 'coop'")
+
+
+def test_another_backbones_checkpoint_is_refused(tmp_path):
+    other = hf_to_openai(hf_clip(TINY_TEXT, dict(TINY_VISION, hidden_size=96, intermediate_size=384),
+                                 projection_dim=TINY.embed_dim).state_dict())
+    sd = official_state_dict("maple", other)
+    sd["prompt_learner.proj.weight"] = torch.zeros(96, 64).half()   # the coupling maps into that vision width
+    sd["prompt_learner.compound_prompt_projections.0.weight"] = torch.zeros(96, 64)
+    sd["prompt_learner.compound_prompt_projections.0.bias"] = torch.zeros(96)
+    sd["prompt_learner.proj.bias"] = torch.zeros(96).half()
+    _refusal(tmp_path, "maple", sd, config("maple"),
+             r"does not fit this config: checkpoint CLIP vision width 96 patch 8, backbone 'tiny' vision width 64 "
+             r"patch 8; mis-shaped \(36\): prompt_learner\.proj\.weight \(96, 64\) \(expected \(64, 64\)\)")
+
+
+def test_another_prompt_length_or_depth_is_refused(openai_tiny, tmp_path):
+    _refusal(tmp_path / "a", "maple", official_state_dict("maple", openai_tiny, n_ctx=3), config("maple"),
+             r"checkpoint prompts\.text\.n_ctx=3, config 2; .*mis-shaped .*prompt_learner\.ctx \(3, 64\) "
+             r"\(expected \(2, 64\)\)")
+    _refusal(tmp_path / "b", "maple", official_state_dict("maple", openai_tiny, depth=3), config("maple"),
+             r"checkpoint prompts\.text\.depth=3, config 2; unexpected \(3\): "
+             r"prompt_learner\.compound_prompts_text\.1, prompt_learner\.compound_prompt_projections\.1\.weight")
+    _refusal(tmp_path / "c", "maple", official_state_dict("maple", openai_tiny),
+             config("maple", prompts__text__depth=1), r"unexpected \(3\): prompt_learner\.compound_prompts_text\.0")
+    _refusal(tmp_path / "d", "ivlp", official_state_dict("ivlp", openai_tiny, vision_depth=1), config("ivlp"),
+             r"checkpoint prompts\.vision\.depth=1, config 2; missing \(1\): "
+             r"image_encoder\.transformer\.resblocks\.1\.VPT_shallow")
+
+
+@pytest.mark.parametrize("method,key", [("maple", "prompt_learner.compound_prompt_projections.0.bias"),
+                                        ("ivlp", "text_encoder.transformer.resblocks.1.VPT_shallow"),
+                                        ("cocoop", "meta_net.linear2.weight"),
+                                        ("promptsrc", "prompt_learner.ZS_image_encoder.ln_post.bias"),
+                                        ("maple", "text_encoder.ln_final.weight")])
+def test_a_missing_tensor_is_named(method, key, openai_tiny, tmp_path):
+    sd = official_state_dict(method, openai_tiny)
+    del sd[key]
+    _refusal(tmp_path, method, sd, config(method), rf"missing \(1\): {re.escape(key)}")
+
+
+@pytest.mark.parametrize("method,key", [("maple", "prompt_learner.proj.weight"), ("coop", "ctx"),
+                                        ("ivlp", "image_encoder.transformer.resblocks.0.attn.in_proj_weight"),
+                                        ("maple", "prompt_learner.token_suffix")])
+def test_a_misshaped_tensor_is_named(method, key, openai_tiny, tmp_path):
+    sd = official_state_dict(method, openai_tiny)
+    sd[key] = sd[key][..., :-1].clone()
+    _refusal(tmp_path, method, sd, config(method), rf"mis-shaped \(1\): {re.escape(key)} ")
+
+
+def test_class_specific_context_unknown_files_and_aple_are_refused(openai_tiny, tmp_path):
+    _refusal(tmp_path / "a", "coop", official_state_dict("coop", openai_tiny, csc=True), config("coop"),
+             r"class-specific context \(CSC=True")
+    path = str(tmp_path / "clip.pth")
+    torch.save({k: v for k, v in openai_tiny.items()}, path)
+    with pytest.raises(CheckpointError, match=r"clip\.pth is not a prompt checkpoint of CoOp, KgCoOp, CoCoOp"):
+        import_checkpoint(path, config("coop"), str(tmp_path / "p.npz"))
+    with pytest.raises(ConfigError, match="APLe has no official PyTorch code"):
+        import_checkpoint(path, config("aple"), str(tmp_path / "p.npz"))
+    with pytest.raises(ConfigError, match="APLe has no official PyTorch code"):
+        export(tmp_path / "whatever.npz", tmp_path / "out", method="aple", epoch=1)
+    (tmp_path / "broken.pth").write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match=r"cannot read PyTorch checkpoint .*broken\.pth"):
+        import_checkpoint(str(tmp_path / "broken.pth"), config("coop"), str(tmp_path / "p.npz"))
+
+
+def test_missing_torch_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(CheckpointError) as e:
+        dassl.read("model.pth.tar-5")
+    assert "needs torch" in str(e.value) and e.value.hint == "pip install torch==2.13.0 (the CPU build is enough)"
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+SMALL = dict(dataset__shots=4, batch_size=8, eval_batch_size=16, optim__epochs=1, log_every=2)
+
+
+@pytest.fixture(scope="module")
+def maple_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("maple")
+    return str(workdir), run(tiny_config("maple", **SMALL), str(workdir))
+
+
+@pytest.mark.slow
+def test_an_imported_maple_checkpoint_evaluates_as_the_prompts_trained_here(maple_run, openai_tiny, tmp_path):
+    """Prompts trained here, exported, completed with the frozen CLIP and buffers as the official trainer saves
+    them, then evaluated from the official file and from its import equal evaluating the run itself."""
+    workdir, trained = maple_run
+    exported = export(workdir, tmp_path / "output")
+    assert exported.endswith("MultiModalPromptLearner/model.pth.tar-1")
+    full = official_state_dict("maple", openai_tiny)
+    full.update(torch.load(exported, map_location="cpu", weights_only=True)["state_dict"])
+    official = save_official(str(tmp_path / "official"), "maple", full, epoch=1)
+    from_run = run(tiny_config("maple", eval_only_from=workdir, **SMALL), str(tmp_path / "a"))
+    from_file = run(tiny_config("maple", eval_only_from=official, **SMALL), str(tmp_path / "b"))
+    import_checkpoint(official, tiny_config("maple", **SMALL), str(tmp_path / "imported.npz"))
+    from_npz = run(tiny_config("maple", eval_only_from=str(tmp_path / "imported.npz"), **SMALL), str(tmp_path / "c"))
+    assert from_run["accuracy"] == trained["accuracy"]
+    assert from_file["evals"] == from_run["evals"] and from_npz["evals"] == from_run["evals"]
+
+
+def test_eval_only_from_an_official_checkpoint_of_another_shape_is_refused(openai_tiny, tmp_path):
+    path = save_official(str(tmp_path / "o"), "maple", official_state_dict("maple", openai_tiny))
+    with pytest.raises(CheckpointError, match=r"model\.pth\.tar-5 is an official checkpoint of another method/prompt "
+                                              r"shape \(method: checkpoint 'maple', now 'ivlp'"):
+        run(tiny_config("ivlp", eval_only_from=path, **SMALL), str(tmp_path / "a"))
+    with pytest.raises(CheckpointError, match=r"prompts\.text\.n_ctx: checkpoint 2, now 4"):
+        run(tiny_config("maple", eval_only_from=path, prompts__text__n_ctx=4, **SMALL), str(tmp_path / "b"))
+
+
+def test_the_entry_points_print_one_error_line(tmp_path):
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "aple_jax.interop.export_prompts", str(tmp_path), "--out",
+                           str(tmp_path / "o"), "--method", "aple"], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: method 'aple': APLe has no official PyTorch code"), proc.stderr
