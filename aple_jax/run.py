@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from aple_jax import checkpoint, evaluate, paths, prompt_files, sharding, train
+from aple_jax import checkpoint, config_schema, evaluate, paths, prompt_files, sharding, train
 from aple_jax.clip.backbone import load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
@@ -109,6 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     With `config.pack_seeds` ("1,2,3") the seeds train together in one program sharing the frozen CLIP, each
     in `workdir/seed<s>` exactly as if run alone; the results come back as a list.
     """
+    config_schema.validate(config)   # before any weights, data or run directory is touched
     if not config.pack_seeds:
         return run_seeds([(config, workdir)], stop_at_step)[0]
     seeds = [int(s) for s in str(config.pack_seeds).split(",") if s.strip()]
