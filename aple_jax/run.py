@@ -67,8 +67,8 @@ def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigD
     path = paths.join(workdir, "config.json")
     current = _comparable(config.to_dict())
     if path.exists():
-        saved = _comparable(paths.read_json(path, hint=f"delete {path}: rerunning the command that made this run writes it "
-                                                      f"again and resumes from the checkpoints"))
+        hint = f"delete {path}: rerunning the command that made this run writes it again and resumes"
+        saved = _comparable(paths.read_json(path, hint=hint))
         diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if diff:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:10])
