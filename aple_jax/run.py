@@ -43,7 +43,15 @@ def hm(base: float, new: float) -> float:
 
 
 def build_setting(config: ml_collections.ConfigDict) -> Setting:
-    """base2new: train on base, test base and new; all: all classes; transfer: train on one, test on others."""
+    """base2new: train on base, test base and new; all: all classes; transfer: train on one, test on others.
+    Every evaluation split must hold images of every class."""
+    setting = _build_setting(config)
+    for ev in setting.evals:
+        ev.splits.check_evaluable(ev.name)
+    return setting
+
+
+def _build_setting(config: ml_collections.ConfigDict) -> Setting:
     d = config.dataset
     common = dict(seed=config.seed, strict_shots=d.strict_shots, **d.synthetic.to_dict())
     if config.setting == "base2new":
@@ -59,7 +67,7 @@ def build_setting(config: ml_collections.ConfigDict) -> Setting:
                                                                        **common))
                    for t in (d.eval_datasets or (d.name,))]
         return Setting(source, targets)
-    raise ValueError(f"setting={config.setting!r}; expected 'base2new', 'all' or 'transfer'")
+    raise ConfigError(f"setting={config.setting!r}; expected 'base2new', 'all' or 'transfer'")
 
 
 def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigDict) -> None:
