@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
+from aple_jax import paths
 from aple_jax.adapter import FREQ_UNITS, KERNEL_NORMS
 from aple_jax.clip.backbone import DTYPES
 from aple_jax.clip.model import PRESETS
@@ -188,8 +189,9 @@ def _dataset(config: ml_collections.ConfigDict) -> Iterator[str]:
             _check_dataset_name(name)
         except AplejaxError as e:
             yield str(e)
-    if d.get("split_file") and not os.path.isfile(d.split_file):
-        yield f"dataset.split_file={d.split_file!r} does not exist; expected a CoOp-format split JSON"
+    if d.root and not paths.is_remote(d.root) and not os.path.exists(d.root):
+        what = "a custom dataset's split JSON" if d.root.endswith(".json") else "the data directory"
+        yield f"dataset.root={d.root!r} does not exist; expected {what}"
 
 
 def _check_dataset_name(name: str) -> None:

@@ -166,13 +166,18 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
                                           dist.process_id if dist.process_id >= 0 else None, dist.get("auto", False))
     mesh = sharding.make_mesh()
     t0 = time.time()
+    settings = [build_setting(c) for c, _ in pending]   # data mistakes show before the weights load
+    for (c, _), setting in zip(pending, settings):
+        if c.eval_only_from:
+            check_trained_run(c.eval_only_from, c, setting)
     backbone, clip_params, tokenizer = load_backbone(config.backbone.name, config.backbone.weights,
                                                      config.backbone.tokenizer, config.backbone.dtype,
                                                      config.backbone.remat)
     clip_params = sharding.replicate(clip_params, mesh)
     method = build_method(config, backbone, tokenizer)
     phases = method.phases()
-    jobs = [SeedJob(c, w, build_setting(c), method.init(jax.random.key(c.seed), clip_params)) for c, w in pending]
+    jobs = [SeedJob(c, w, setting, method.init(jax.random.key(c.seed), clip_params))
+            for (c, w), setting in zip(pending, settings)]
     for job in jobs if jax.process_index() == 0 else ():
         print(f"seed {job.config.seed}: {job.setting.train.summary()}", flush=True)
     image_size = backbone.cfg.image_resolution
@@ -188,8 +193,6 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
         return out
 
     if config.eval_only_from:
-        for job in jobs:
-            check_trained_run(config.eval_only_from, job.config, job.setting)
         final = [load_trained_prompts(config.eval_only_from, method, phases, job.prompts) for job in jobs]
     elif phases:
         final = _train(jobs, method, phases, clip_params, mesh, image_size, stop_at_step, evaluate_all,
