@@ -184,11 +184,11 @@ def _dataset(config: ml_collections.ConfigDict) -> Iterator[str]:
     scale = tuple(d.crop_scale)
     if not (len(scale) == 2 and all(map(_number, scale)) and 0 < scale[0] <= scale[1] <= 1):
         yield f"dataset.crop_scale={scale!r}; expected (low, high) with 0 < low <= high <= 1"
-    for name in (d.name, *d.eval_datasets):
+    for key, name in [("dataset.name", d.name)] + [("dataset.eval_datasets", n) for n in d.eval_datasets]:
         try:
             _check_dataset_name(name)
         except AplejaxError as e:
-            yield str(e)
+            yield f"{key}={name!r}: {e}"
     if d.root and not paths.is_remote(d.root) and not os.path.exists(d.root):
         what = "a custom dataset's split JSON" if d.root.endswith(".json") else "the data directory"
         yield f"dataset.root={d.root!r} does not exist; expected {what}"
