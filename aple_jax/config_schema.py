@@ -147,8 +147,8 @@ def backbone_shape(config: ml_collections.ConfigDict) -> dict[str, int] | None:
     return None
 
 
-def problems(config: ml_collections.ConfigDict) -> Iterator[str]:
-    """One line per broken rule."""
+def problems(config: ml_collections.ConfigDict, check_paths: bool = True) -> Iterator[str]:
+    """One line per broken rule; `check_paths`: local paths must exist (not where commands are only printed)."""
     flat = flatten(config.to_dict())
     known = known_keys(flat.get("method", ""))
     if known is not None:
@@ -161,7 +161,7 @@ def problems(config: ml_collections.ConfigDict) -> Iterator[str]:
         if key in flat and flat[key] not in options:
             yield f"{key}={flat[key]!r}; expected one of {', '.join(map(repr, options))}"
     yield from _loss_weights(flat)
-    yield from _dataset(config)
+    yield from _dataset(config, check_paths)
     yield from _backbone(config)
     yield from _pack_seeds(flat.get("pack_seeds", ""))
 
@@ -179,7 +179,7 @@ def _loss_weights(flat: dict[str, Any]) -> Iterator[str]:
         yield f"stage1.feature_l1={l1!r}; expected two finite numbers >= 0 (text, image)"
 
 
-def _dataset(config: ml_collections.ConfigDict) -> Iterator[str]:
+def _dataset(config: ml_collections.ConfigDict, check_paths: bool) -> Iterator[str]:
     d = config.dataset
     scale = tuple(d.crop_scale)
     if not (len(scale) == 2 and all(map(_number, scale)) and 0 < scale[0] <= scale[1] <= 1):
@@ -189,7 +189,7 @@ def _dataset(config: ml_collections.ConfigDict) -> Iterator[str]:
             _check_dataset_name(name)
         except AplejaxError as e:
             yield f"{key}={name!r}: {e}"
-    if d.root and not paths.is_remote(d.root) and not os.path.exists(d.root):
+    if check_paths and d.root and not paths.is_remote(d.root) and not os.path.exists(d.root):
         what = "a custom dataset's split JSON" if d.root.endswith(".json") else "the data directory"
         yield f"dataset.root={d.root!r} does not exist; expected {what}"
 
@@ -239,9 +239,9 @@ def _pack_seeds(text: str) -> Iterator[str]:
         yield f"pack_seeds={text!r}; expected seeds >= 0"
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, check_paths: bool = True) -> None:
     """Raises one ConfigError listing every broken rule of `config`; reads no weights and no data."""
-    found = list(problems(config))
+    found = list(problems(config, check_paths))
     if found:
         more = f" (and {len(found) - 1} more: {'; '.join(found[1:])})" if len(found) > 1 else ""
         raise ConfigError(found[0] + more, hint="fix the key with --config.<key>=<value>; docs/errors.md lists "

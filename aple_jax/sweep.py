@@ -144,7 +144,7 @@ def plan(config_files: Sequence[str], datasets: Sequence[str], seeds: Sequence[i
                 items = tuple(o.replace("{seed}", str(seed)).replace("{dataset}", dataset) for o in overrides)
                 for o in items:
                     apply_override(c, o)
-                config_schema.validate(c)
+                config_schema.validate(c, check_paths=False)   # the paths may exist only where the runs run
                 runs.append(PlannedRun(path, arg, items, run_dir(runs_dir, path, c), c))
     workdirs = [r.workdir for r in runs]
     duplicates = sorted({w for w in workdirs if workdirs.count(w) > 1})
