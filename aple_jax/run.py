@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from aple_jax import checkpoint, config_schema, evaluate, paths, prompt_files, sharding, train
-from aple_jax.clip.backbone import load_backbone
+from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
 from aple_jax.data.templates import IMAGENET_TEMPLATES
@@ -166,6 +166,7 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
                                           dist.process_id if dist.process_id >= 0 else None, dist.get("auto", False))
     mesh = sharding.make_mesh()
     t0 = time.time()
+    check_weights(config.backbone.name, config.backbone.weights)
     settings = [build_setting(c) for c, _ in pending]   # data mistakes show before the weights load
     for (c, _), setting in zip(pending, settings):
         if c.eval_only_from:

@@ -60,27 +60,33 @@ def encode_text(backbone: Backbone, params: Any, embeds: Array, eot_idx: Array) 
     return backbone.text(params, embeds, eot_idx)
 
 
+def check_weights(name: str, weights: str) -> str:
+    """The weights path to load ('' for the random tiny preset), refusing a missing one before anything loads."""
+    if name == "world" and not weights:   # the tiny CLIP pretrained on the procedural world, shipped in the repo
+        from aple_jax.world import WORLD_CLIP_DIR
+        return WORLD_CLIP_DIR
+    if weights and not os.path.exists(weights):
+        raise StorageError(f"backbone.weights={weights!r} does not exist", hint=WEIGHTS_HELP)
+    if not weights and name != "tiny":
+        raise ConfigError(f"backbone {name!r} needs backbone.weights", hint=WEIGHTS_HELP)
+    return weights
+
+
 def load_backbone(name: str, weights: str, tokenizer_path: str = "", dtype: str = "float32",
                   remat: bool = False, seed: int = 0) -> tuple[Backbone, Any, Tokenizer]:
     """(backbone, fp32 params, tokenizer) from a weights path, or random weights for the 'tiny' preset."""
     if dtype not in DTYPES:
         raise ConfigError(f"backbone.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
-    if name == "world" and not weights:   # the tiny CLIP pretrained on the procedural world, shipped in the repo
-        from aple_jax.world import WORLD_CLIP_DIR
-        weights = WORLD_CLIP_DIR
+    weights = check_weights(name, weights)
     if weights:
-        if not os.path.exists(weights):
-            raise StorageError(f"backbone.weights={weights!r} does not exist", hint=WEIGHTS_HELP)
         from aple_jax.clip.weights import load_clip
         cfg, params = load_clip(weights)
         tokenizer = Tokenizer.from_path(tokenizer_path or weights)
         check_tokenizer(tokenizer, cfg, weights)
-    elif name == "tiny":
+    else:
         cfg = clip_model.get_config("tiny")
         params = clip_model.init_params(cfg, seed)
         tokenizer = Tokenizer.builtin_tiny()
-    else:
-        raise ConfigError(f"backbone {name!r} needs backbone.weights", hint=WEIGHTS_HELP)
     return Backbone(clip_model.CLIP(cfg, DTYPES[dtype], remat)), params, tokenizer
 
 
