@@ -1,9 +1,17 @@
 """Entry point: `python launch.py --config configs/aple.py:dataset=OxfordPets,seed=1 --workdir runs/x`.
 
 `--config.key=value` overrides any field; re-running the same command resumes from the run's last checkpoint.
+A mistake in the command or its inputs prints one `error:` line (and a `hint:`) and exits with status 2;
+`--verbosity=1` or APLE_JAX_TRACEBACK=1 keeps the traceback (docs/errors.md).
 """
+import os
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from aple_jax.errors import TRACEBACK_ENV, error_boundary
+from aple_jax.flag_errors import parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally with :arguments.",
                                           lock_config=True)
@@ -15,12 +23,15 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
-    from aple_jax.run import run
-    from aple_jax.report import format_run
+    elif flags.FLAGS.verbosity >= 1:
+        os.environ[TRACEBACK_ENV] = "1"
+    with error_boundary():
+        from aple_jax.run import run
+        from aple_jax.report import format_run
 
-    results = run(_CONFIG.value, _WORKDIR.value)
+        results = run(_CONFIG.value, _WORKDIR.value)
     print(format_run(results))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: parse_flags(flags.FLAGS, argv))

@@ -1,11 +1,21 @@
 """Run checkpoints with orbax: the trainable state and where the run stands; never CLIP weights."""
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+import warnings
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+
+from aple_jax.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+class BrokenCheckpointWarning(UserWarning):
+    """The newest checkpoint could not be restored; the run goes on from an older one."""
 
 
 class RunCheckpoints:
@@ -29,6 +39,31 @@ class RunCheckpoints:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return restored["state"]
+
+    def restore_newest(self, like: Callable[[dict[str, Any]], Any]) -> tuple[int, dict[str, Any], Any] | None:
+        """(step, meta, state) of the newest checkpoint that restores, `like(meta)` giving the state's structure;
+        None when there is none. A newer one that does not restore (a truncated or half-written file) is named in
+        a warning and deleted, so that training saves its step afresh."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        errors = []
+        for step in steps:
+            try:
+                meta = self.restore_meta(step)
+                return step, meta, self.restore_state(step, like(meta))
+            except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for a broken file
+                errors.append(f"step {step}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+                if step == steps[-1]:
+                    break
+                msg = (f"checkpoint step {step} in {self.directory} cannot be restored ({errors[-1]}); it is deleted "
+                       f"and the run resumes from the newest older checkpoint")
+                log.warning(msg)
+                warnings.warn(msg, BrokenCheckpointWarning, stacklevel=2)
+                self.manager.delete(step)
+        if not steps:
+            return None
+        raise CheckpointError(f"no checkpoint in {self.directory} can be restored ({'; '.join(errors)})",
+                              hint=f"delete {self.directory} to start the run afresh, or use the same config "
+                                   f"that made it")
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

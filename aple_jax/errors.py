@@ -6,6 +6,7 @@ Everything that is not an `AplejaxError` is a bug in aple-jax and keeps its trac
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import sys
 from typing import Iterator
@@ -39,6 +40,16 @@ class WeightsError(AplejaxError, ValueError):
 
 class StorageError(AplejaxError, FileNotFoundError):
     """A local or gs:// path that is missing or cannot be reached."""
+
+
+def did_you_mean(key: str, known: list[str]) -> str:
+    """`"; did you mean 'optim.lr'?"` for the closest of the `known` dotted keys, else ''."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close and "." in key:   # a wrong last part under a right parent: compare the last parts
+        parent, last = key.rsplit(".", 1)
+        siblings = [k.rsplit(".", 1)[-1] for k in known if k.rsplit(".", 1)[0] == parent]
+        close = [f"{parent}.{m}" for m in difflib.get_close_matches(last, siblings, n=1, cutoff=0.5)]
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def show_traceback() -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from typing import Any
 
 import jax
@@ -83,7 +84,7 @@ def _load_npz(path: paths.PathLike) -> dict[str, np.ndarray]:
     try:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"prompts file {path} is not a readable .npz ({e})",
                               hint="write it again, or point to the run directory that made it") from None
 

@@ -19,9 +19,11 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from aple_jax import paths
 from aple_jax import reference_numbers as ref
 from aple_jax.data.errors import UnknownDatasetError
 from aple_jax.data.names import canonical_name
+from aple_jax.errors import AplejaxError, error_boundary
 from aple_jax.run import OPERATIONAL_KEYS, hm
 from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS
 
@@ -35,7 +37,7 @@ _TABLE_NAMES = {"OxfordFlowers": "Flowers102", "DescribableTextures": "DTD"}
 _HISTORY_META = ("phase", "epoch", "step")
 
 
-class ReportError(ValueError):
+class ReportError(AplejaxError, ValueError):
     """Run directories that cannot be reported: unfinished, malformed, or mixing incompatible configs."""
 
 
@@ -158,7 +160,9 @@ def read_json(path: str) -> dict[str, Any]:
         with open(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise ReportError(f"{path} is not valid JSON ({e}); a run writes results.json once it has finished") from None
+        raise ReportError(f"{path} is not valid JSON ({e}): a half-written or edited file?",
+                          hint=f"delete {path} and rerun that run (it evaluates again from its checkpoints), or "
+                               f"pass --skip-unfinished after deleting it") from None
     if not isinstance(data, dict):
         raise ReportError(f"{path} holds a {type(data).__name__}; expected a JSON object")
     return data
@@ -567,10 +571,8 @@ def report(runs_dir: str, out_dir: str | None = None, reference: bool = False, s
     summary = summarize(runs_dir, groups, reference)
     os.makedirs(out_dir, exist_ok=True)
     summary["plots"] = write_plots(groups, summary, out_dir) if plots else []
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown(summary, reference))
+    paths.write_json_atomic(os.path.join(out_dir, "results.json"), summary)
+    paths.write_text_atomic(os.path.join(out_dir, "results.md"), markdown(summary, reference))
     return summary
 
 
@@ -583,11 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="leave out run directories without results.json instead of failing")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
-    try:
+    with error_boundary():
         summary = report(args.runs_dir, args.out, args.reference, args.skip_unfinished, not args.no_plots)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     out = args.out or args.runs_dir
     print(f"{summary['num_runs']} runs, {len(summary['groups'])} groups -> {os.path.join(out, 'results.md')}, "
           f"{os.path.join(out, 'results.json')}, {len(summary['plots'])} plots")

@@ -9,8 +9,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from aple_jax import checkpoint, evaluate, interop, paths, prompt_files, sharding, train
-from aple_jax.clip.backbone import load_backbone
+from aple_jax import checkpoint, config_schema, evaluate, interop, paths, prompt_files, sharding, train
+from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
 from aple_jax.data.templates import IMAGENET_TEMPLATES
@@ -43,7 +43,15 @@ def hm(base: float, new: float) -> float:
 
 
 def build_setting(config: ml_collections.ConfigDict) -> Setting:
-    """base2new: train on base, test base and new; all: all classes; transfer: train on one, test on others."""
+    """base2new: train on base, test base and new; all: all classes; transfer: train on one, test on others.
+    Every evaluation split must hold images of every class."""
+    setting = _build_setting(config)
+    for ev in setting.evals:
+        ev.splits.check_evaluable(ev.name)
+    return setting
+
+
+def _build_setting(config: ml_collections.ConfigDict) -> Setting:
     d = config.dataset
     common = dict(seed=config.seed, strict_shots=d.strict_shots, **d.synthetic.to_dict())
     if config.setting == "base2new":
@@ -59,7 +67,7 @@ def build_setting(config: ml_collections.ConfigDict) -> Setting:
                                                                        **common))
                    for t in (d.eval_datasets or (d.name,))]
         return Setting(source, targets)
-    raise ValueError(f"setting={config.setting!r}; expected 'base2new', 'all' or 'transfer'")
+    raise ConfigError(f"setting={config.setting!r}; expected 'base2new', 'all' or 'transfer'")
 
 
 def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigDict) -> None:
@@ -67,7 +75,8 @@ def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigD
     path = paths.join(workdir, "config.json")
     current = _comparable(config.to_dict())
     if path.exists():
-        saved = _comparable(paths.read_json(path, hint=f"delete {path} to resume with this command's config"))
+        hint = f"delete {path}: rerunning the command that made this run writes it again and resumes"
+        saved = _comparable(paths.read_json(path, hint=hint))
         diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if diff:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:10])
@@ -109,6 +118,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     With `config.pack_seeds` ("1,2,3") the seeds train together in one program sharing the frozen CLIP, each
     in `workdir/seed<s>` exactly as if run alone; the results come back as a list.
     """
+    config_schema.validate(config)   # before any weights, data or run directory is touched
     if not config.pack_seeds:
         return run_seeds([(config, workdir)], stop_at_step)[0]
     seeds = [int(s) for s in str(config.pack_seeds).split(",") if s.strip()]
@@ -156,13 +166,19 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
                                           dist.process_id if dist.process_id >= 0 else None, dist.get("auto", False))
     mesh = sharding.make_mesh()
     t0 = time.time()
+    check_weights(config.backbone.name, config.backbone.weights)
+    settings = [build_setting(c) for c, _ in pending]   # data mistakes show before the weights load
+    for (c, _), setting in zip(pending, settings):
+        if c.eval_only_from:
+            check_trained_run(c.eval_only_from, c, setting)
     backbone, clip_params, tokenizer = load_backbone(config.backbone.name, config.backbone.weights,
                                                      config.backbone.tokenizer, config.backbone.dtype,
                                                      config.backbone.remat)
     clip_params = sharding.replicate(clip_params, mesh)
     method = build_method(config, backbone, tokenizer)
     phases = method.phases()
-    jobs = [SeedJob(c, w, build_setting(c), method.init(jax.random.key(c.seed), clip_params)) for c, w in pending]
+    jobs = [SeedJob(c, w, setting, method.init(jax.random.key(c.seed), clip_params))
+            for (c, w), setting in zip(pending, settings)]
     for job in jobs if jax.process_index() == 0 else ():
         print(f"seed {job.config.seed}: {job.setting.train.summary()}", flush=True)
     image_size = backbone.cfg.image_resolution
@@ -178,8 +194,6 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
         return out
 
     if config.eval_only_from:
-        for job in jobs:
-            check_trained_run(config.eval_only_from, job.config, job.setting)
         final = [load_trained_prompts(config.eval_only_from, method, phases, job.prompts) for job in jobs]
     elif phases:
         final = _train(jobs, method, phases, clip_params, mesh, image_size, stop_at_step, evaluate_all,

@@ -24,10 +24,12 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from aple_jax import paths
+from aple_jax import config_schema, paths
 from aple_jax.capture import tee_output
 from aple_jax.data.names import canonical_name
+from aple_jax.errors import CheckpointError, ConfigError, did_you_mean, error_boundary
 from aple_jax.progress import format_duration
+from aple_jax.prompt_files import flatten_config
 from aple_jax.report import dataset_name, differing_keys, format_run, read_json
 from aple_jax.world.datasets import parse_name as parse_world_name
 from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS
@@ -59,12 +61,12 @@ class PlannedRun:
 def load_config_module(path: str) -> ModuleType:
     """A configs/*.py file as a module (it must define get_config(arg))."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist", hint="pick one of configs/*.py")
     spec = importlib.util.spec_from_file_location(f"sweep_config_{_stem(path)}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path} defines no get_config(arg)")
+        raise ConfigError(f"config file {path} defines no get_config(arg)")
     return module
 
 
@@ -86,30 +88,35 @@ def apply_override(c: ml_collections.ConfigDict, item: str) -> None:
     """`key.sub=value` set on the config, typed like the current value (as launch.py's `--config.key=value`)."""
     key, sep, text = item.partition("=")
     if not sep:
-        raise ValueError(f"override {item!r} is not key=value")
+        raise ConfigError(f"override {item!r} is not key=value")
     *parents, last = key.split(".")
     node = c
     for p in parents:
         if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-            raise KeyError(f"override {item!r}: the config has no field {key!r}")
+            raise _unknown_key(c, item, key)
         node = node[p]
     if last not in node:
-        raise KeyError(f"override {item!r}: the config has no field {key!r}")
+        raise _unknown_key(c, item, key)
     node[last] = parse_value(node[last], text, key)
+
+
+def _unknown_key(c: ml_collections.ConfigDict, item: str, key: str) -> ConfigError:
+    known = sorted(flatten_config(c.to_dict()))
+    return ConfigError(f"override {item!r}: unknown config key {key!r}{did_you_mean(key, known)}")
 
 
 def parse_value(current: Any, text: str, key: str) -> Any:
     """`text` converted to the type of the field's `current` value."""
     if isinstance(current, bool):
         if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"override {key}={text!r}: expected true or false")
+            raise ConfigError(f"override {key}={text!r}: expected true or false")
         return text.lower() in ("true", "1")
     if isinstance(current, str):
         return text
     try:
         return type(current)(text) if isinstance(current, (int, float)) else ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise ValueError(f"override {key}={text!r}: expected a value like {current!r}") from None
+        raise ConfigError(f"override {key}={text!r}: expected a value like {current!r}") from None
 
 
 def setting_dir(c: ml_collections.ConfigDict) -> str:
@@ -143,11 +150,12 @@ def plan(config_files: Sequence[str], datasets: Sequence[str], seeds: Sequence[i
                 items = tuple(o.replace("{seed}", str(seed)).replace("{dataset}", dataset) for o in overrides)
                 for o in items:
                     apply_override(c, o)
+                config_schema.validate(c, check_paths=False)   # the paths may exist only where the runs run
                 runs.append(PlannedRun(path, arg, items, run_dir(runs_dir, path, c), c))
     workdirs = [r.workdir for r in runs]
     duplicates = sorted({w for w in workdirs if workdirs.count(w) > 1})
     if duplicates:
-        raise ValueError(f"several runs of the sweep share a run directory: {duplicates}; give variants a tag")
+        raise ConfigError(f"several runs of the sweep share a run directory: {duplicates}; give variants a tag")
     return runs
 
 
@@ -156,7 +164,7 @@ def check_finished(run: PlannedRun) -> None:
     saved = read_json(os.path.join(run.workdir, "results.json")).get("config", {})
     diff = differing_keys(saved, run.config.to_dict(), ignore=("dataset.name",))   # the dir fixes the dataset
     if diff:
-        raise ValueError(f"{run.workdir} holds results of another config (differs in {diff}); give this variant "
+        raise CheckpointError(f"{run.workdir} holds results of another config (differs in {diff}); give this variant "
                          f"a tag (--override tag=NAME) or use another --runs-dir")
 
 
@@ -244,6 +252,17 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 1,2,3` as integers >= 1."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers like 1,2,3") from None
+    if not seeds or min(seeds) < 1:
+        raise ConfigError(f"--seeds {text!r}: expected seeds >= 1 (the configs read seed=0 as 'keep the default')")
+    return seeds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aple_jax.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--configs", "--config", required=True, help="comma-separated configs/*.py files")
@@ -263,24 +282,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stop-on-error", action="store_true",
                         help="stop at the first failing run with its traceback (default: go on, list failures)")
     a = parser.parse_args(argv)
-    try:
-        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds {a.seeds!r}: expected comma-separated integers like 1,2,3")
-    if not seeds or min(seeds) < 1:
-        parser.error(f"--seeds {a.seeds!r}: expected seeds >= 1 (the configs read seed=0 as 'keep the default')")
-    try:
+    with error_boundary():
+        seeds = parse_seeds(a.seeds)
         runs = plan([p for p in a.configs.split(",") if p], expand_datasets(a.datasets), seeds, a.args, a.override,
                     a.runs_dir)
         for r in runs:
             if r.finished:
                 check_finished(r)
-    except (OSError, KeyError, ValueError) as e:
-        parser.error(e.args[0] if e.args else repr(e))
-    if a.print_commands:
-        print_commands(runs)
-        return 0
-    return 1 if execute(runs, a.dry_run, a.stop_on_error) else 0
+        if a.print_commands:
+            print_commands(runs)
+            return 0
+        return 1 if execute(runs, a.dry_run, a.stop_on_error) else 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from aple_jax import losses as L
 from aple_jax import prompts as P
 from aple_jax import sharding
 from aple_jax.adapter import apply_adapter
+from aple_jax.errors import CheckpointError
 from aple_jax.methods.base import Method, Phase
 
 Array = jax.Array
@@ -272,21 +273,19 @@ def fit(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: FitCont
 
 def _restore(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: FitContext) -> dict | None:
     """Where the seeds stand (their checkpoints must agree), with their restored states; None to start afresh."""
-    latest = [s.checkpoints.latest_step() for s in ctx.seeds]
-    if all(step is None for step in latest):
+    def like(p: P.Tree) -> Callable[[dict[str, Any]], TrainState]:
+        return lambda meta: _phase_setup(method, phases[meta["phase"]], p, ctx, 1)[1]
+
+    restored = [s.checkpoints.restore_newest(like(p)) for s, p in zip(ctx.seeds, prompts)]
+    if all(r is None for r in restored):
         return None
-    metas = [s.checkpoints.restore_meta(step) if step is not None else None for s, step in zip(ctx.seeds, latest)]
+    metas = [None if r is None else r[1] for r in restored]
     where = [None if m is None else (m["phase"], m["epoch"], m["epoch_step"], m["global_step"]) for m in metas]
     if len(set(where)) != 1:
         dirs = [s.checkpoints.directory for s in ctx.seeds]
-        raise ValueError(f"packed seeds stand at different points ({list(zip(dirs, where))}); resume them "
-                         f"separately or start new run directories")
-    meta = metas[0]
-    states = []
-    for seed, step, p in zip(ctx.seeds, latest, prompts):
-        like = _phase_setup(method, phases[meta["phase"]], p, ctx, 1)[1]
-        states.append(seed.checkpoints.restore_state(step, like))
-    return {**meta, "states": states, "data_states": [m["data_state"] for m in metas]}
+        raise CheckpointError(f"packed seeds stand at different points ({list(zip(dirs, where))}); resume them "
+                              f"separately or start new run directories")
+    return {**metas[0], "states": [r[2] for r in restored], "data_states": [m["data_state"] for m in metas]}
 
 
 def _phase_setup(method: Method, phase: Phase, prompts: P.Tree, ctx: FitContext, per_epoch: int):
@@ -355,7 +354,7 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
         check_finite(state, phase, epoch, global_step)
         if weights is not None:
             state = accumulate_gpa(state, float(weights[epoch]))
-        _save(ctx, global_step, state, loaders, phase=index, epoch=epoch + 1, epoch_step=0)
+        # Rows before the save: a run killed in between replays the epoch (a row may repeat) but loses none.
         if metrics is not None:
             _log(ctx, global_step, phase, epoch, metrics)
         for seed in ctx.seeds:
@@ -363,6 +362,7 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
         for seed, seed_state in zip(ctx.seeds, unpack(state, k)):
             if seed.on_epoch_end is not None:
                 seed.on_epoch_end(phase.name, epoch + 1, seed_state.prompts, global_step)
+        _save(ctx, global_step, state, loaders, phase=index, epoch=epoch + 1, epoch_step=0)
     ctx.compilations[phase.name] = step_fn._cache_size()
     return [final_prompts(phase, s) for s in unpack(state, k)], global_step
 

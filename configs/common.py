@@ -5,6 +5,8 @@ from typing import Any
 
 import ml_collections
 
+from aple_jax.errors import ConfigError, did_you_mean
+
 SETTINGS = ("base2new", "all", "transfer")
 IMAGENET_VARIANTS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
 CROSS_DATASET_TARGETS = ("Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft",
@@ -24,14 +26,18 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
         key, _, value = item.partition("=")
         key = key.strip()
         if key not in spec:
-            raise ValueError(f"unknown config argument {key!r} in {arg!r}; expected some of {sorted(spec)}")
+            raise ConfigError(f"unknown config argument {key!r} in {arg!r}{did_you_mean(key, sorted(spec))}",
+                              hint=f"the arguments after ':' are some of {', '.join(sorted(spec))}")
         default = spec[key]
         if isinstance(default, bool):
             if value and value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"config argument {key}={value!r} must be a boolean")
+                raise ConfigError(f"config argument {key}={value!r} must be a boolean")
             out[key] = not value or value.lower() in ("true", "1")
         else:
-            out[key] = type(default)(value)
+            try:
+                out[key] = type(default)(value)
+            except ValueError:
+                raise ConfigError(f"config argument {key}={value!r}; expected a {type(default).__name__}") from None
     return ml_collections.ConfigDict(out)
 
 
@@ -80,7 +86,7 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, **extra: Any) -> m
     """Applies the common `:key=value` arguments (and the demo or tiny preset) to a config."""
     a = parse_arg(arg, **COMMON_ARGS, **extra)
     if a.demo and a.tiny:
-        raise ValueError(f"config arguments {arg!r}: 'demo' and 'tiny' are two different presets; pick one")
+        raise ConfigError(f"config arguments {arg!r}: 'demo' and 'tiny' are two different presets; pick one")
     if a.demo:
         apply_demo(c)
     if a.tiny:
@@ -98,6 +104,8 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, **extra: Any) -> m
         c.seed = a.seed
     if a.seeds:
         c.pack_seeds = a.seeds.replace("+", ",")
+    if a.shots < -1 or (a.shots == -1 and "shots=-1" in (arg or "")):
+        raise ConfigError(f"config argument shots={a.shots}; expected an integer >= 1, or 0 for the full training set")
     if a.shots >= 0:
         c.dataset.shots = a.shots
     return c

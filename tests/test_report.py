@@ -239,7 +239,9 @@ def test_empty_missing_and_malformed_inputs(tmp_path, capsys):
     bad.write_text(json.dumps({"method": "aple"}))
     with pytest.raises(R.ReportError, match="lacks keys"):
         R.find_runs(str(tmp_path))
-    assert R.main([str(tmp_path / "nope")]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        R.main([str(tmp_path / "nope")])
+    assert exit_info.value.code == 2
     assert "error: runs directory" in capsys.readouterr().err
 
 

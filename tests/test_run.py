@@ -136,21 +136,23 @@ def test_resuming_with_another_config_is_refused(tmp_path):
 def test_unknown_method_is_named(tmp_path):
     config = tiny_config("ivlp")
     config.method = "vpt-deep"
-    with pytest.raises(ValueError, match="unknown method 'vpt-deep'"):
+    with pytest.raises(ValueError, match="method='vpt-deep'; expected one of"):
         run(config, str(tmp_path))
 
 
 def test_missing_weights_path_is_named(tmp_path):
     config = tiny_config("aple", backbone__weights="/nonexistent/ViT-B-16")
-    with pytest.raises(FileNotFoundError, match="/nonexistent/ViT-B-16.*demo"):
+    with pytest.raises(FileNotFoundError, match="/nonexistent/ViT-B-16") as info:
         run(config, str(tmp_path))
+    assert "demo" in info.value.hint
 
 
 def test_real_backbone_without_weights_explains_how_to_get_them(tmp_path):
     from configs import aple
     config = aple.get_config("dataset=OxfordPets")
-    with pytest.raises(ValueError, match="needs backbone.weights.*configs/aple.py:demo"):
+    with pytest.raises(ValueError, match="needs backbone.weights") as info:
         run(config, str(tmp_path))
+    assert "configs/aple.py:demo" in info.value.hint
 
 
 def test_phase_pattern_matching_no_leaf_is_named_before_training(tmp_path):

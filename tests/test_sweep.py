@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from aple_jax import report, sweep
+from aple_jax.errors import ConfigError
 from configs import aple as aple_config
 
 B2N = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101", "FGVCAircraft", "SUN397",
@@ -56,7 +57,7 @@ def test_tags_transfer_and_overrides_in_dirs(tmp_path):
 
 def test_bad_overrides_and_duplicate_dirs(tmp_path):
     c = aple_config.get_config()
-    with pytest.raises(KeyError, match="no field 'optim.lrr'"):
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'; did you mean 'optim.lr'"):
         sweep.apply_override(c, "optim.lrr=0.1")
     with pytest.raises(ValueError, match="expected true or false"):
         sweep.apply_override(c, "adapter.enabled=maybe")

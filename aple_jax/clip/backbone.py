@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from aple_jax.clip import model as clip_model
 from aple_jax.clip.tokenizer import Tokenizer
+from aple_jax.errors import ConfigError, StorageError, WeightsError
 
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -59,24 +60,49 @@ def encode_text(backbone: Backbone, params: Any, embeds: Array, eot_idx: Array) 
     return backbone.text(params, embeds, eot_idx)
 
 
+def check_weights(name: str, weights: str) -> str:
+    """The weights path to load ('' for the random tiny preset), refusing a missing one before anything loads."""
+    if name == "world" and not weights:   # the tiny CLIP pretrained on the procedural world, shipped in the repo
+        from aple_jax.world import WORLD_CLIP_DIR
+        return WORLD_CLIP_DIR
+    if weights and not os.path.exists(weights):
+        raise StorageError(f"backbone.weights={weights!r} does not exist", hint=WEIGHTS_HELP)
+    if not weights and name != "tiny":
+        raise ConfigError(f"backbone {name!r} needs backbone.weights", hint=WEIGHTS_HELP)
+    return weights
+
+
 def load_backbone(name: str, weights: str, tokenizer_path: str = "", dtype: str = "float32",
                   remat: bool = False, seed: int = 0) -> tuple[Backbone, Any, Tokenizer]:
     """(backbone, fp32 params, tokenizer) from a weights path, or random weights for the 'tiny' preset."""
     if dtype not in DTYPES:
-        raise ValueError(f"backbone.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
-    if name == "world" and not weights:   # the tiny CLIP pretrained on the procedural world, shipped in the repo
-        from aple_jax.world import WORLD_CLIP_DIR
-        weights = WORLD_CLIP_DIR
+        raise ConfigError(f"backbone.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
+    weights = check_weights(name, weights)
     if weights:
-        if not os.path.exists(weights):
-            raise FileNotFoundError(f"backbone.weights={weights!r} does not exist. {WEIGHTS_HELP}")
         from aple_jax.clip.weights import load_clip
         cfg, params = load_clip(weights)
         tokenizer = Tokenizer.from_path(tokenizer_path or weights)
-    elif name == "tiny":
+        check_tokenizer(tokenizer, cfg, weights)
+    else:
         cfg = clip_model.get_config("tiny")
         params = clip_model.init_params(cfg, seed)
         tokenizer = Tokenizer.builtin_tiny()
-    else:
-        raise ValueError(f"backbone {name!r} needs backbone.weights. {WEIGHTS_HELP}")
     return Backbone(clip_model.CLIP(cfg, DTYPES[dtype], remat)), params, tokenizer
+
+
+def check_tokenizer(tokenizer: Tokenizer, cfg: clip_model.CLIPConfig, weights: str) -> None:
+    """Refuses a tokenizer whose ids would mean other tokens to the model: another vocabulary size, start or end
+    ids outside the token embedding, or another context length."""
+    where = f"tokenizer {tokenizer.source} and weights {weights}"
+    hint = "pass the tokenizer that came with these weights (backbone.tokenizer=...)"
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise WeightsError(f"{where} do not match: the tokenizer has {tokenizer.vocab_size} tokens, the model's "
+                           f"token embedding {cfg.vocab_size} rows", hint=hint)
+    bad = {k: v for k, v in (("start", tokenizer.sot_id), ("end", tokenizer.eot_id)) if not 0 <= v < cfg.vocab_size}
+    if bad or tokenizer.sot_id == tokenizer.eot_id:
+        raise WeightsError(f"{where} do not match: start/end token ids {tokenizer.sot_id}/{tokenizer.eot_id} must "
+                           f"be two different ids below the model's {cfg.vocab_size} tokens", hint=hint)
+    max_length = tokenizer.max_length
+    if max_length is not None and max_length != cfg.context_length:
+        raise WeightsError(f"{where} do not match: the tokenizer's context length is {max_length} tokens, the "
+                           f"model's {cfg.context_length}", hint=hint)

@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from aple_jax.errors import AplejaxError, WeightsError, error_boundary
+
 
 def convert(src: str, out_dir: str, bpe: str | None = None) -> str:
     from aple_jax.clip.tokenizer import clip_vocab, read_openai_bpe
@@ -48,10 +50,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="directory to write (config.json + model.safetensors)")
     parser.add_argument("--bpe", default=None, help="OpenAI bpe_simple_vocab_16e6.txt.gz to add vocab.json/merges.txt")
     args = parser.parse_args(argv)
-    try:
-        convert(args.checkpoint, args.out_dir, args.bpe)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    with error_boundary():
+        try:
+            convert(args.checkpoint, args.out_dir, args.bpe)
+        except (FileNotFoundError, ValueError) as e:
+            if isinstance(e, AplejaxError):
+                raise
+            raise WeightsError(str(e)) from e
 
 
 if __name__ == "__main__":

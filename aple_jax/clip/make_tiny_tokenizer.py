@@ -19,6 +19,7 @@ import re
 import sys
 
 from aple_jax.clip.tokenizer import EOT_TOKEN, SOT_TOKEN, TINY_TOKENIZER_DIR, bytes_to_unicode, clip_vocab
+from aple_jax.errors import error_boundary
 
 VOCAB_SIZE = 1000
 N_MERGES = VOCAB_SIZE - 512 - 2
@@ -146,4 +147,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    with error_boundary():
+        main(sys.argv)

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from aple_jax.errors import ConfigError, StorageError, WeightsError
+
 TINY_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                                   "tiny_tokenizer")
 SOT_TOKEN = "<|startoftext|>"
@@ -56,7 +58,7 @@ def read_openai_bpe(path: str) -> list[tuple[str, str]]:
         with opener(path, "rb") as f:
             text = f.read().decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read the BPE merges file {path}: {e} (expected OpenAI's "
+        raise WeightsError(f"cannot read the BPE merges file {path}: {e} (expected OpenAI's "
                          "bpe_simple_vocab_16e6.txt.gz)") from e
     merges = []
     for n, line in enumerate(text.split("\n")[1:OPENAI_MERGES_END], start=2):
@@ -64,10 +66,10 @@ def read_openai_bpe(path: str) -> list[tuple[str, str]]:
             continue  # the trailing empty line of a short file
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(f"{path}, line {n}: expected a merge 'a b', got {line!r}")
+            raise WeightsError(f"{path}, line {n}: expected a merge 'a b', got {line!r}")
         merges.append((parts[0], parts[1]))
     if not merges:
-        raise ValueError(f"{path} holds no BPE merges")
+        raise WeightsError(f"{path} holds no BPE merges")
     return merges
 
 
@@ -80,9 +82,15 @@ class Tokenizer:
         self.sot_id = int(hf_tokenizer.convert_tokens_to_ids(SOT_TOKEN))
         self.eot_id = int(hf_tokenizer.convert_tokens_to_ids(EOT_TOKEN))
         if hf_tokenizer.bos_token_id != self.sot_id or hf_tokenizer.eos_token_id != self.eot_id:
-            raise ValueError(f"tokenizer {source}: expected bos/eos tokens {SOT_TOKEN}/{EOT_TOKEN}, got "
+            raise WeightsError(f"tokenizer {source}: expected bos/eos tokens {SOT_TOKEN}/{EOT_TOKEN}, got "
                              f"{hf_tokenizer.bos_token!r}/{hf_tokenizer.eos_token!r}")
         self.vocab_size = len(hf_tokenizer)
+
+    @property
+    def max_length(self) -> int | None:
+        """The context length the tokenizer files declare (`model_max_length`), None where they declare none."""
+        n = getattr(self._tok, "model_max_length", None)
+        return int(n) if isinstance(n, int) and 0 < n < 10 ** 6 else None
 
     # ------------------------------------------------------------------------------------------------ builders
     @classmethod
@@ -90,7 +98,7 @@ class Tokenizer:
         """A HF tokenizer dir (vocab.json + merges.txt, or tokenizer.json) or OpenAI's bpe_simple_vocab_16e6.txt.gz."""
         path = os.fspath(path)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"tokenizer not found: {path} does not exist (expected a directory with "
+            raise StorageError(f"tokenizer not found: {path} does not exist (expected a directory with "
                                     "vocab.json + merges.txt or tokenizer.json, or bpe_simple_vocab_16e6.txt.gz)")
         if os.path.isdir(path):
             files = set(os.listdir(path))
@@ -99,7 +107,7 @@ class Tokenizer:
             for name in ("bpe_simple_vocab_16e6.txt.gz", "bpe_simple_vocab_16e6.txt"):
                 if name in files:
                     return cls.from_openai_bpe(os.path.join(path, name))
-            raise FileNotFoundError(
+            raise StorageError(
                 f"{path} has no tokenizer files: expected vocab.json + merges.txt, tokenizer.json or "
                 f"bpe_simple_vocab_16e6.txt.gz; found {sorted(files)[:20]}. For an OpenAI .pt checkpoint pass the "
                 "BPE file explicitly (backbone.tokenizer=/path/to/bpe_simple_vocab_16e6.txt.gz)")
@@ -107,7 +115,7 @@ class Tokenizer:
             return cls.from_openai_bpe(path)
         if os.path.basename(path) in ("vocab.json", "merges.txt", "tokenizer.json"):
             return cls.from_path(os.path.dirname(os.path.abspath(path)))
-        raise ValueError(f"{path} is not a tokenizer (expected a directory with vocab.json + merges.txt or "
+        raise WeightsError(f"{path} is not a tokenizer (expected a directory with vocab.json + merges.txt or "
                          "tokenizer.json, or OpenAI's bpe_simple_vocab_16e6.txt.gz). A .pt/.safetensors checkpoint "
                          "holds no vocabulary: pass backbone.tokenizer=/path/to/bpe_simple_vocab_16e6.txt.gz")
 
@@ -146,7 +154,7 @@ class Tokenizer:
             eot[i] = len(seq) - 1
         if too_long:
             shown = "; ".join(too_long[:5]) + (f"; and {len(too_long) - 5} more" if len(too_long) > 5 else "")
-            raise ValueError(f"{len(too_long)} prompt(s) do not fit the context length of {context_length} tokens "
+            raise ConfigError(f"{len(too_long)} prompt(s) do not fit the context length of {context_length} tokens "
                              f"(including SOT and EOT): {shown}. Shorten the class name or template, or use fewer "
                              "context tokens")
         return ids, eot
@@ -169,7 +177,7 @@ def _hf_from_dir(path: str):
     try:
         return CLIPTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
-        raise ValueError(f"cannot load a CLIP tokenizer from {path}: {type(e).__name__}: {e}") from e
+        raise WeightsError(f"cannot load a CLIP tokenizer from {path}: {type(e).__name__}: {e}") from e
 
 
 @functools.lru_cache(maxsize=1)

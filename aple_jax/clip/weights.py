@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from aple_jax.clip.model import CLIPConfig
+from aple_jax.errors import WeightsError
 
 Params = dict[str, Any]
 StateDict = dict[str, np.ndarray]
@@ -42,7 +43,7 @@ HF_HINT = ("expected a Hugging Face CLIP ViT checkpoint (keys 'vision_model.*', 
            "'transformer.resblocks.*', 'token_embedding.weight', 'logit_scale')")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightsError):
     """A checkpoint that cannot be mapped onto the CLIP parameter tree (the message says why and where)."""
 
 

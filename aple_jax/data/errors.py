@@ -26,6 +26,10 @@ class NotEnoughShotsError(DataError, ValueError):
     """A class has fewer images than the requested shots and strict shots were asked for."""
 
 
+class EmptySplitError(DataError, ValueError):
+    """An evaluation split, or a class of it, with no images: its accuracy would mean nothing."""
+
+
 class SplitFormatError(DataError, ValueError):
     """A split or class-name file whose content does not follow CoOp's format."""
 

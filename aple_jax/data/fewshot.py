@@ -1,6 +1,7 @@
 """CoOp's few-shot sampling, its JSON cache (paths relative to the image root) and the base/new class split."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -66,9 +67,15 @@ def check_shots(records: Sequence[Datum], num_shots: int, classnames: Sequence[s
     warnings.warn(msg, FewShotWarning, stacklevel=2)
 
 
-def fewshot_cache_path(cache_dir: str, num_shots: int, seed: int) -> str:
-    """`<cache_dir>/shot_{K}-seed_{S}.json`."""
-    return os.path.join(cache_dir, f"shot_{num_shots}-seed_{seed}.json")
+def fewshot_cache_path(cache_dir: str, num_shots: int, seed: int, tag: str = "") -> str:
+    """`<cache_dir>/shot_{K}-seed_{S}.json`, or `shot_{K}-seed_{S}-{tag}.json` (one split file among several)."""
+    return os.path.join(cache_dir, f"shot_{num_shots}-seed_{seed}{'-' + tag if tag else ''}.json")
+
+
+def split_fingerprint(train: Sequence[Datum], val: Sequence[Datum] | None) -> str:
+    """A hash of the full splits the shots are drawn from: a cache drawn from other splits is stale."""
+    text = json.dumps([[list(r) for r in train], None if val is None else [list(r) for r in val]])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _records_from_json(items: list, path: str) -> list[Datum]:
@@ -79,19 +86,28 @@ def _records_from_json(items: list, path: str) -> list[Datum]:
                                + see_docs("split format")) from e
 
 
-def read_fewshot_cache(path: str) -> tuple[list[Datum], list[Datum] | None]:
-    """Reads a cached `{"train": [...], "val": [...]}` few-shot split."""
-    with open(path) as f:
-        data = json.load(f)
-    if "train" not in data:
+def read_fewshot_cache(path: str, source: str | None = None) -> tuple[list[Datum], list[Datum] | None] | None:
+    """Reads a cached `{"train": [...], "val": [...]}` few-shot split; None when its `source` fingerprint says it
+    was drawn from other splits than `source` (a cache without one, as CoOp users have, is taken as it is)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SplitFormatError(f"few-shot cache {path} is not valid JSON ({e}); delete it to sample the shots "
+                               f"again. " + see_docs("few-shot")) from None
+    if not isinstance(data, dict) or "train" not in data:
         raise SplitFormatError(f"{path}: expected a JSON object with a 'train' list. " + see_docs("few-shot"))
+    if source is not None and data.get("source", source) != source:
+        log.warning("the few-shot cache %s was drawn from other splits than this run's; sampling again", path)
+        return None
     val = data.get("val")
     return _records_from_json(data["train"], path), None if val is None else _records_from_json(val, path)
 
 
-def write_fewshot_cache(path: str, train: Sequence[Datum], val: Sequence[Datum] | None) -> None:
+def write_fewshot_cache(path: str, train: Sequence[Datum], val: Sequence[Datum] | None,
+                        source: str | None = None) -> None:
     """Writes the few-shot split atomically; an unwritable cache directory only costs a warning."""
-    data = {"train": [list(r) for r in train]}
+    data: dict = {"train": [list(r) for r in train]} | ({"source": source} if source else {})
     if val is not None:
         data["val"] = [list(r) for r in val]
     try:
@@ -108,13 +124,17 @@ def fewshot_splits(train: Sequence[Datum], val: Sequence[Datum] | None, *, num_s
                    cache_path: str | None = None,
                    importer: Callable[[], tuple[list[Datum], list[Datum] | None]] | None = None,
                    ) -> tuple[list[Datum], list[Datum] | None]:
-    """The cached sample at `cache_path`, else an imported one (CoOp's pickle), else a fresh CoOp sample."""
+    """The cached sample at `cache_path` (unless drawn from other splits), else an imported one (CoOp's pickle),
+    else a fresh CoOp sample."""
+    source = split_fingerprint(train, val) if cache_path is not None else None
     if cache_path is not None and os.path.isfile(cache_path):
         log.info("loading the few-shot split from %s", cache_path)
-        return read_fewshot_cache(cache_path)
+        cached = read_fewshot_cache(cache_path, source)
+        if cached is not None:
+            return cached
     train, val = importer() if importer is not None else sample_fewshot_splits(train, val, num_shots, seed)
     if cache_path is not None:
-        write_fewshot_cache(cache_path, train, val)
+        write_fewshot_cache(cache_path, train, val, source)
         log.info("saved the few-shot split to %s", cache_path)
     return train, val
 

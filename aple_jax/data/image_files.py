@@ -10,11 +10,43 @@ from PIL import Image
 from aple_jax.data.errors import BadImageError, MissingDataError, see_docs
 
 
+# Modes PIL's own `.convert("RGB")` maps correctly (CoOp's decoding).
+PLAIN_MODES = ("RGB", "RGBX", "L", "1", "CMYK", "YCbCr", "HSV")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+SUPPORTED_MODES = PLAIN_MODES + ALPHA_MODES + INTEGER_MODES + ("P", "F")
+
+
+def to_rgb(img: Image.Image, path: str) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of an image in any supported PIL mode: 16-bit and 32-bit integer images scaled from
+    [0, 65535], float images from [0, 1], transparent pixels composited over white; other modes are refused."""
+    mode = img.mode
+    if mode == "P":
+        mode = "PA" if "transparency" in img.info else "RGB"
+    if mode in PLAIN_MODES:
+        return np.asarray(img.convert("RGB"))
+    if mode in ALPHA_MODES:
+        rgba = np.asarray(img.convert("RGBA"), np.float32)
+        alpha = rgba[..., 3:] / 255.0
+        return np.round(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    if mode in INTEGER_MODES or mode == "F":
+        gray = np.asarray(img).astype(np.float64)
+        high = 1.0 if mode == "F" else 65535.0
+        if not (np.isfinite(gray).all() and gray.min(initial=0) >= 0 and gray.max(initial=0) <= high):
+            raise BadImageError(f"image {path}: PIL mode {img.mode!r} with values in [{gray.min()}, {gray.max()}]; "
+                                f"expected [0, {high:g}]. Convert it to 8-bit RGB. " + see_docs())
+        return np.repeat(np.round(gray * (255.0 / high)).astype(np.uint8)[..., None], 3, axis=-1)
+    raise BadImageError(f"image {path}: PIL mode {img.mode!r} is not supported; expected one of "
+                        f"{', '.join(SUPPORTED_MODES)}. Convert it to 8-bit RGB. " + see_docs())
+
+
 def decode_image(path: str) -> np.ndarray:
-    """Reads an image file as uint8 (H, W, 3) RGB; names the path when it is absent or unreadable."""
+    """Reads an image file as uint8 (H, W, 3) RGB (see `to_rgb`); names the path when it is absent or unreadable."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return to_rgb(img, path)
+    except BadImageError:
+        raise
     except FileNotFoundError as e:
         raise MissingDataError(f"image {path} does not exist. " + see_docs()) from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from aple_jax.data.elements import BatchLayout, EvalElement, TrainElement
 from aple_jax.data.transforms import CLIP_CROP_SCALE
+from aple_jax.errors import ConfigError
 from aple_jax.sharding import local_batch_size, shard_batch
 
 PREFETCH_BATCHES = 2
@@ -98,7 +99,7 @@ def train_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, im
                  crop_scale: tuple[float, float] = CLIP_CROP_SCALE) -> TrainLoader:
     """Seeded per-epoch shuffling, drop-last batches, repeated forever; each process feeds its slice."""
     if len(source) < global_batch_size:
-        raise ValueError(f"the training set has {len(source)} images, fewer than the global batch size "
+        raise ConfigError(f"the training set has {len(source)} images, fewer than the global batch size "
                          f"{global_batch_size}: lower the batch size (drop-last would leave no batch)")
     layout = _layout(global_batch_size, mesh)
     element = TrainElement(source, layout, image_size, seed, augment, crop_scale)

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from aple_jax.data.errors import SplitFormatError, see_docs
+from aple_jax.data.errors import EmptySplitError, SplitFormatError, see_docs
 
 
 class Datum(NamedTuple):
@@ -55,6 +55,17 @@ class DatasetSplits:
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
+
+    def check_evaluable(self, split: str) -> None:
+        """Refuses a test split, or a class of it, without images (its accuracy would read 100% or nothing)."""
+        if not len(self.test):
+            raise EmptySplitError(f"{self.name}, {split} split: the test set has no images. " + see_docs())
+        counts = np.bincount(self.test.labels, minlength=self.num_classes)
+        empty = [self.classnames[y] for y in np.flatnonzero(counts == 0)]
+        if empty:
+            shown = ", ".join(map(repr, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            raise EmptySplitError(f"{self.name}, {split} split: {len(empty)} class(es) have no test images: "
+                                  f"{shown}. Add test images or remove the class. " + see_docs())
 
     def summary(self) -> str:
         """One line with the counts a run trains and evaluates on."""

@@ -11,7 +11,8 @@ from aple_jax.data.coop_pickle import read_coop_pickle
 from aple_jax.data.custom import SECTION as CUSTOM_SECTION
 from aple_jax.data.custom import read_custom
 from aple_jax.data.errors import MissingDataError, see_docs
-from aple_jax.data.fewshot import FEWSHOT_DIR, check_shots, fewshot_cache_path, fewshot_splits, relabel, select_classes
+from aple_jax.data.fewshot import (FEWSHOT_DIR, check_shots, fewshot_cache_path, fewshot_splits, relabel,
+                                   select_classes, split_fingerprint)
 from aple_jax.data.image_files import ImageFiles, check_files_exist
 from aple_jax.data.names import canonical_name
 from aple_jax.data.records import DatasetSplits, ImageLoader, RecordSource, classnames_by_label, prompt_names
@@ -75,6 +76,8 @@ def _build_coop(layout: CoopLayout, root: str | None, proto: _Protocol, cache_di
 
 def _build_custom(root: str | None, proto: _Protocol, cache_dir: str | None, split_file: str | None = None,
                   image_root: str | None = None, template: str = DEFAULT_TEMPLATE) -> DatasetSplits:
+    if split_file is None and root is not None and root.endswith(".json"):   # `data=/path/split.json` in a config
+        split_file, root = root, None
     image_root = image_root or root or (os.path.dirname(split_file) if split_file else None)
     if image_root is None:
         raise MissingDataError("the custom dataset needs root= a folder of class folders, or split_file= a "
@@ -82,8 +85,10 @@ def _build_custom(root: str | None, proto: _Protocol, cache_dir: str | None, spl
     raw = read_custom(image_root, split_file)
     fewshot_dir = os.path.join(cache_dir, "Custom") if cache_dir else os.path.join(image_root, FEWSHOT_DIR)
     loader = ImageFiles(image_root)
+    # Several split files may share one image folder: each keeps its own few-shot cache.
+    tag = split_fingerprint(raw.train, raw.val)[:12] if split_file else ""
     return _assemble("Custom", raw, dict.fromkeys(("train", "val", "test"), loader), classnames_by_label(raw.train),
-                     template, proto, cache_path=fewshot_cache_path(fewshot_dir, proto.shots, proto.seed),
+                     template, proto, cache_path=fewshot_cache_path(fewshot_dir, proto.shots, proto.seed, tag),
                      image_root=image_root)
 
 

@@ -59,7 +59,28 @@ def read_split_json(path: str, section: str = "") -> RawSplits:
     if missing:
         raise SplitFormatError(f"{path}: expected keys 'train', 'val', 'test'; missing {missing}. "
                                + see_docs("split format"))
-    return RawSplits(*(_entries(data[k], path, k) for k in ("train", "val", "test")))
+    splits = RawSplits(*(_entries(data[k], path, k) for k in ("train", "val", "test")))
+    check_labels(splits, path)
+    return splits
+
+
+def check_labels(splits: RawSplits, path: str) -> None:
+    """Refuses a split file whose label and classname columns contradict each other: one label, one class name."""
+    name_of: dict[int, tuple[str, str]] = {}
+    label_of: dict[str, tuple[int, str]] = {}
+    for split, records in zip(("train", "val", "test"), splits):
+        for i, rec in enumerate(records or ()):
+            where = f"{split}[{i}]"
+            if name_of.setdefault(rec.label, (rec.classname, where))[0] != rec.classname:
+                first, at = name_of[rec.label]
+                raise SplitFormatError(f"{path}: {where} gives label {rec.label} the class name {rec.classname!r}, "
+                                       f"but {at} gives it {first!r}; the label and classname columns must agree. "
+                                       + see_docs("split format"))
+            if label_of.setdefault(rec.classname, (rec.label, where))[0] != rec.label:
+                first, at = label_of[rec.classname]
+                raise SplitFormatError(f"{path}: {where} gives class {rec.classname!r} the label {rec.label}, but "
+                                       f"{at} gives it {first}; the label and classname columns must agree. "
+                                       + see_docs("split format"))
 
 
 def read_classnames_txt(path: str, section: str = "") -> dict[str, str]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 from aple_jax.methods.base import MODALITIES, Method, Phase, loss_weights
 
 ORDERS = {"LV": ("text", "vision"), "VL": ("vision", "text")}
+GRANULARITIES = ("modality", "token")
+UNTRAINED_MODALITY = ("absent", "frozen_init")   # stage1.untrained_modality
+TRAINED_MODALITY = ("frozen", "absent")          # stage1.trained_modality
+STAGE2_LOSSES = ("ce", "ce_kl")
 SHORT = {"text": "L", "vision": "V"}
 
 
@@ -39,16 +43,16 @@ class APLe(Method):
         s1 = self.config.stage1
         other = "vision" if modality == "text" else "text"
         if trained_before:   # the other modality has been trained already: frozen or absent
-            keep = {"frozen": True, "absent": False}[_check(s1.trained_modality, ("frozen", "absent"),
+            keep = {"frozen": True, "absent": False}[_check(s1.trained_modality, TRAINED_MODALITY,
                                                             "stage1.trained_modality")]
         else:                # the other modality is still at its initialisation: absent or frozen there
-            keep = {"frozen_init": True, "absent": False}[_check(s1.untrained_modality, ("absent", "frozen_init"),
+            keep = {"frozen_init": True, "absent": False}[_check(s1.untrained_modality, UNTRAINED_MODALITY,
                                                                  "stage1.untrained_modality")]
         return (modality, other) if keep else (modality,)
 
     def _selectors(self, modality: str, granularity: str) -> list[tuple[str, tuple[str, ...]]]:
         """(phase name, selectors): the whole modality, or one phase per token row of its prompts."""
-        _check(granularity, ("modality", "token"), "stage1.granularity")
+        _check(granularity, GRANULARITIES, "stage1.granularity")
         pattern = f"{modality}/.*"
         if granularity == "modality":
             return [(SHORT[modality], (pattern,))]

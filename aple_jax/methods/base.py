@@ -24,6 +24,8 @@ MODALITIES = ("text", "vision")
 # What the zero-shot teacher's image features are computed from: each step's augmented batch (one more image
 # forward per step), or each training image once, test-transformed, cached for every epoch.
 TEACHER_IMAGES = ("augmented", "cached")
+# What the teacher sees with the adapter on: the fused image the student sees, or the original image.
+TEACHER_INPUTS = ("fused", "original")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from aple_jax.methods.base import Method, Phase
 
 Array = jax.Array
 ENSEMBLE_MODES = ("normalized_mean", "raw_mean")
+TEMPLATE_CHOICES = ("dataset", "photo", "ensemble")   # zeroshot.templates and teacher.templates
 
 
 def template_text_features(backbone: Backbone, clip_params: Any, tokenizer: Tokenizer, classnames: list[str],

@@ -16,6 +16,7 @@ import re
 import numpy as np
 
 from aple_jax.clip.tokenizer import EOT_TOKEN, SOT_TOKEN, bytes_to_unicode, clip_vocab
+from aple_jax.errors import error_boundary
 from aple_jax.world.attributes import sample_attributes
 from aple_jax.world.captions import captions
 from aple_jax.world.datasets import BASE_DATASETS, SPECS
@@ -82,4 +83,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with error_boundary():
+        main()

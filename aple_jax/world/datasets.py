@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from aple_jax.data.errors import UnknownDatasetError
 from aple_jax.data.fewshot import check_shots, fewshot_splits, relabel, select_classes
 from aple_jax.data.records import DatasetSplits, Datum, RecordSource, prompt_names
 from aple_jax.world.attributes import (BACKGROUNDS, COLOUR_NAMES, COLOURS, COUNTS, SHAPES, TEXTURES,
@@ -62,7 +63,7 @@ TEMPLATES = {name: SPECS[name.split("-")[0]].template for name in WORLD_DATASETS
 def parse_name(name: str) -> tuple[str, str | None]:
     """("WorldObjects", "Sketch") for "WorldObjects-Sketch"; a clear error for unknown names."""
     if name not in WORLD_DATASETS:
-        raise ValueError(f"unknown world dataset {name!r}; expected one of {', '.join(BASE_DATASETS)}, "
+        raise UnknownDatasetError(f"unknown world dataset {name!r}; expected one of {', '.join(BASE_DATASETS)}, "
                          f"optionally with a shift suffix -{'/-'.join(SHIFTS)} (e.g. 'WorldObjects-Sketch')")
     base, _, shift = name.partition("-")
     return base, shift or None
