@@ -217,14 +217,15 @@ def test_sweep_goes_on_after_a_failure_logs_it_and_finishes_what_is_missing(tmp_
     assert log.index("MissingDataError") < log.rindex("sweep run 2/2 (")
 
 
-def test_stop_on_error_stops_at_the_first_failure(tmp_path):
+def test_stop_on_error_stops_at_the_first_failure(tmp_path, capsys):
     from aple_jax import sweep
-    from aple_jax.data.errors import MissingDataError
     (tmp_path / "data").mkdir()
     argv = ["--configs", "configs/zeroshot.py", "--datasets", "DTD,synthetic", "--args",
             f"tiny,data={tmp_path / 'data'}", "--seeds", "1", "--runs-dir", str(tmp_path / "runs")]
-    with pytest.raises(MissingDataError):
+    with pytest.raises(SystemExit) as stopped:       # the failing run's user error, as one error: line
         sweep.main(argv + ["--stop-on-error"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: DescribableTextures dataset directory")
     assert not (tmp_path / "runs" / "zeroshot" / "base2new" / "Synthetic").exists()
     assert "MissingDataError" in (tmp_path / "runs" / "zeroshot" / "base2new" / "DTD" / "shots_16" / "seed1" /
                                   "train.log").read_text()
