@@ -137,7 +137,7 @@ def run_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]], stop_at_step: i
     results: dict[str, Any] = {}
     pending = []
     for config, workdir in jobs:
-        paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
+        paths.make_dirs(workdir)
         check_workdir_config(workdir, config)
         path = paths.join(workdir, "results.json")
         if path.exists():

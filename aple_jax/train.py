@@ -375,3 +375,4 @@ def _save(ctx: FitContext, global_step: int, state: TrainState, loaders: list[An
     for seed, seed_state, loader in zip(ctx.seeds, unpack(state, len(ctx.seeds)), loaders):
         meta = {**where, "global_step": global_step, "data_state": loader.get_state()}
         seed.checkpoints.save(global_step, seed_state, meta)
+        seed.writer.flush()

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from aple_jax import paths
 from aple_jax.clip import model as clip_model
 from aple_jax.clip.tokenizer import Tokenizer
 
@@ -68,6 +69,8 @@ def load_backbone(name: str, weights: str, tokenizer_path: str = "", dtype: str 
         from aple_jax.world import WORLD_CLIP_DIR
         weights = WORLD_CLIP_DIR
     if weights:
+        weights = paths.local_copy(weights)       # gs:// weights: read from a per-host copy
+        tokenizer_path = paths.local_copy(tokenizer_path) if tokenizer_path else ""
         if not os.path.exists(weights):
             raise FileNotFoundError(f"backbone.weights={weights!r} does not exist. {WEIGHTS_HELP}")
         from aple_jax.clip.weights import load_clip
