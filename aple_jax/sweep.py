@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from aple_jax import paths
 from aple_jax.data.names import canonical_name
 from aple_jax.report import dataset_name, differing_keys, format_run, read_json
 from aple_jax.world.datasets import parse_name as parse_world_name
@@ -40,7 +41,7 @@ class PlannedRun:
 
     @property
     def finished(self) -> bool:
-        return os.path.exists(os.path.join(self.workdir, "results.json"))
+        return paths.join(self.workdir, "results.json").exists()
 
     def command(self) -> str:
         """The launch.py command line of this run."""

@@ -10,6 +10,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
+from aple_jax import paths
 from aple_jax.data.errors import NotEnoughShotsError, SplitFormatError, see_docs
 from aple_jax.data.records import Datum
 
@@ -81,8 +82,7 @@ def _records_from_json(items: list, path: str) -> list[Datum]:
 
 def read_fewshot_cache(path: str) -> tuple[list[Datum], list[Datum] | None]:
     """Reads a cached `{"train": [...], "val": [...]}` few-shot split."""
-    with open(path) as f:
-        data = json.load(f)
+    data = json.loads(paths.as_path(path).read_text())
     if "train" not in data:
         raise SplitFormatError(f"{path}: expected a JSON object with a 'train' list. " + see_docs("few-shot"))
     val = data.get("val")
@@ -90,16 +90,16 @@ def read_fewshot_cache(path: str) -> tuple[list[Datum], list[Datum] | None]:
 
 
 def write_fewshot_cache(path: str, train: Sequence[Datum], val: Sequence[Datum] | None) -> None:
-    """Writes the few-shot split atomically; an unwritable cache directory only costs a warning."""
+    """Writes the few-shot split atomically, from process 0 only (the others sample the same split themselves);
+    an unwritable cache directory only costs a warning."""
+    import jax
+    if jax.process_index() != 0:
+        return
     data = {"train": [list(r) for r in train]}
     if val is not None:
         data["val"] = [list(r) for r in val]
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=4)
-        os.replace(tmp, path)
+        paths.write_json_atomic(path, data, indent=4)
     except OSError as e:
         log.warning("could not cache the few-shot split at %s: %s", path, e)
 
@@ -109,7 +109,7 @@ def fewshot_splits(train: Sequence[Datum], val: Sequence[Datum] | None, *, num_s
                    importer: Callable[[], tuple[list[Datum], list[Datum] | None]] | None = None,
                    ) -> tuple[list[Datum], list[Datum] | None]:
     """The cached sample at `cache_path`, else an imported one (CoOp's pickle), else a fresh CoOp sample."""
-    if cache_path is not None and os.path.isfile(cache_path):
+    if cache_path is not None and paths.as_path(cache_path).is_file():
         log.info("loading the few-shot split from %s", cache_path)
         return read_fewshot_cache(cache_path)
     train, val = importer() if importer is not None else sample_fewshot_splits(train, val, num_shots, seed)

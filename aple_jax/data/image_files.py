@@ -7,13 +7,14 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
+from aple_jax import paths
 from aple_jax.data.errors import BadImageError, MissingDataError, see_docs
 
 
 def decode_image(path: str) -> np.ndarray:
-    """Reads an image file as uint8 (H, W, 3) RGB; names the path when it is absent or unreadable."""
+    """Reads an image file (local or gs://) as uint8 (H, W, 3) RGB; names the path when absent or unreadable."""
     try:
-        with Image.open(path) as img:
+        with paths.as_path(path).open("rb") as f, Image.open(f) as img:
             return np.asarray(img.convert("RGB"))
     except FileNotFoundError as e:
         raise MissingDataError(f"image {path} does not exist. " + see_docs()) from e
@@ -37,7 +38,7 @@ class ImageFiles:
 
 def check_files_exist(root: str, keys: Iterable[str], what: str) -> None:
     """Raises MissingDataError naming the first absent files of `keys` (relative to `root`) and their count."""
-    missing = [k for k in dict.fromkeys(keys) if not os.path.isfile(os.path.join(root, k))]
+    missing = paths.missing_files(root, keys)
     if missing:
         shown = ", ".join(os.path.join(root, k) for k in missing[:3])
         raise MissingDataError(f"{len(missing)} image(s) listed in {what} are absent, e.g. {shown}. "
