@@ -154,7 +154,11 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     dist = config.distributed
     sharding.maybe_initialize_distributed(dist.coordinator or None, dist.num_processes or None,
                                           dist.process_id if dist.process_id >= 0 else None, dist.get("auto", False))
-    mesh = sharding.make_mesh()
+    devices = sharding.data_devices(config.batch_size)
+    mesh = sharding.make_mesh(devices)
+    note = sharding.describe_data_devices(devices, config.batch_size)
+    if note and jax.process_index() == 0:
+        print(note, flush=True)
     t0 = time.time()
     backbone, clip_params, tokenizer = load_backbone(config.backbone.name, config.backbone.weights,
                                                      config.backbone.tokenizer, config.backbone.dtype,

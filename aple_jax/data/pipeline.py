@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from aple_jax import paths
 from aple_jax.data.elements import BatchLayout, EvalElement, TrainElement
 from aple_jax.data.transforms import CLIP_CROP_SCALE
-from aple_jax.sharding import local_batch_size, shard_batch
+from aple_jax.sharding import local_batch_size, padded_batch_size, shard_batch
 
 PREFETCH_BATCHES = 2
 MAX_THREADS = 8  # decoding threads when no worker processes are asked for (PIL releases the GIL)
@@ -109,7 +109,9 @@ class EvalLoader:
 
 def eval_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int, mesh: Mesh,
                 num_workers: int = 0) -> EvalLoader:
-    """Sequential batches; the last one is padded to full size with mask False on the padding."""
+    """Sequential batches; the last one is padded to full size with mask False on the padding. The batch is
+    rounded up to a multiple of the mesh's devices (which changes no result)."""
+    global_batch_size = padded_batch_size(global_batch_size, mesh)
     layout = _layout(global_batch_size, mesh)
     num_batches = -(-len(source) // global_batch_size)
     ds = grain.MapDataset.range(num_batches * layout.local_batch_size).map(EvalElement(source, layout, image_size))
