@@ -173,3 +173,14 @@ def test_readme_demo_with_a_bucket_workdir_and_bucket_weights(gcs_emulator, gcs)
     assert any(o.startswith("tensorboard/") for o in objects) and any(o.startswith("checkpoints/") for o in objects)
     results = json.loads(paths.join(workdir, "results.json").read_text())
     assert results["config"]["backbone"]["weights"] == f"{gcs}/weights/world"
+
+
+def test_input_benchmark_reads_from_a_bucket(gcs_emulator, gcs):
+    out = subprocess.run([sys.executable, "benchmarks/input_pipeline.py", "--root", f"{gcs}/bench", "--num-images",
+                          "16", "--batch-size", "8", "--steps", "2", "--warmup", "1", "--workers", "0"], cwd=ROOT,
+                         env=_worker_env(gcs_emulator), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Input pipeline from {gcs}/bench, 16 generated" in out.stdout
+    rate = float(out.stdout.strip().splitlines()[-1].split("|")[2])
+    assert rate > 0
+    assert len(_objects(f"{gcs}/bench")) == 16
