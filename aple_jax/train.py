@@ -284,8 +284,8 @@ def _restore(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: Fi
     meta = metas[0]
     states = []
     for seed, step, p in zip(ctx.seeds, latest, prompts):
-        like = _phase_setup(method, phases[meta["phase"]], p, ctx, 1)[1]
-        states.append(seed.checkpoints.restore_state(step, like))
+        like = sharding.replicate(_phase_setup(method, phases[meta["phase"]], p, ctx, 1)[1], ctx.mesh)
+        states.append(seed.checkpoints.restore_state(step, like))   # every leaf global, as on the other hosts
     return {**meta, "states": states, "data_states": [m["data_state"] for m in metas]}
 
 
