@@ -177,10 +177,10 @@ def test_readme_demo_with_a_bucket_workdir_and_bucket_weights(gcs_emulator, gcs)
 
 def test_input_benchmark_reads_from_a_bucket(gcs_emulator, gcs):
     out = subprocess.run([sys.executable, "benchmarks/input_pipeline.py", "--root", f"{gcs}/bench", "--num-images",
-                          "16", "--batch-size", "8", "--steps", "2", "--warmup", "1", "--workers", "0"], cwd=ROOT,
+                          "48", "--batch-size", "8", "--steps", "2", "--warmup", "1", "--workers", "0"], cwd=ROOT,
                          env=_worker_env(gcs_emulator), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert f"Input pipeline from {gcs}/bench, 16 generated" in out.stdout
+    assert f"Input pipeline from {gcs}/bench, 24 generated" in out.stdout     # the training half
     rate = float(out.stdout.strip().splitlines()[-1].split("|")[2])
     assert rate > 0
-    assert len(_objects(f"{gcs}/bench")) == 16
+    assert len(_objects(f"{gcs}/bench")) == 48
