@@ -5,7 +5,6 @@ A mistake in the command or its inputs prints one `error:` line (and a `hint:`) 
 `--verbosity=1` or APLE_JAX_TRACEBACK=1 keeps the traceback (docs/errors.md).
 """
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags

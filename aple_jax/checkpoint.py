@@ -16,13 +16,15 @@ log = logging.getLogger(__name__)
 
 class BrokenCheckpointWarning(UserWarning):
     """The newest checkpoint could not be restored; the run goes on from an older one."""
+from aple_jax import paths
 
 
 class RunCheckpoints:
     """An orbax CheckpointManager in `<workdir>/checkpoints`, keyed by the global step."""
 
-    def __init__(self, workdir: str, keep: int = 2):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    def __init__(self, workdir: paths.PathLike, keep: int = 2):
+        workdir = workdir if paths.is_remote(workdir) else os.path.abspath(workdir)
+        self.directory = paths.join(workdir, "checkpoints")     # an epath: local or gs://
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=keep), create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)

@@ -3,26 +3,43 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import time
 from typing import Any
 
 import jax
 
+from aple_jax import paths
 from aple_jax.progress import make_progress
+
+REMOTE_FLUSH_SECONDS = 30.0   # a bucket's metrics.jsonl and events are rewritten at most this often between flushes
 
 
 class MetricWriter:
-    """Writes `metrics.jsonl` and TensorBoard events in the run directory (process 0 only)."""
+    """Writes `metrics.jsonl` and TensorBoard events in the run directory (process 0 only).
 
-    def __init__(self, workdir: str, total_steps: int, initial_step: int = 0, enabled: bool | None = None,
+    In a bucket, where objects cannot be appended to, the rows are kept in memory and the whole object is
+    rewritten by `flush()` (at each checkpoint, every REMOTE_FLUSH_SECONDS and at close); TensorBoard events are
+    written to a local folder and uploaded to `<workdir>/tensorboard` at the same points.
+    """
+
+    def __init__(self, workdir: paths.PathLike, total_steps: int, initial_step: int = 0, enabled: bool | None = None,
                  progress: bool = True, progress_every_seconds: float = 30.0):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = paths.join(workdir, "metrics.jsonl")
+        self.tb_dir = paths.join(workdir, "tensorboard")
+        self.remote = paths.is_remote(workdir)
+        self.rows: list[str] = []
+        self.flushed_at = time.monotonic()
         self.tb = None
         self.progress = None
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        if self.remote:
+            self.rows = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+            self.tb_local = tempfile.mkdtemp(prefix="aple_jax_tb_")
+        self.tb = SummaryWriter(self.tb_local if self.remote else os.fspath(self.tb_dir))
         self.progress = make_progress(total_steps, initial_step, progress, progress_every_seconds)
 
     def start_phase(self, name: str, index: int, step: int, epochs: int = 0) -> None:
@@ -41,16 +58,36 @@ class MetricWriter:
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        row = json.dumps({"step": step, **metrics}) + "\n"
+        if self.remote:
+            self.rows.append(row)
+        else:
+            with open(self.path, "a") as f:
+                f.write(row)
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
         for key, value in scalars.items():
             self.tb.add_scalar(f"{metrics.get('phase', 'eval')}/{key}", value, step)
         if self.progress is not None and "loss" in metrics:
             self.progress.metrics(metrics.get("epoch"), metrics["loss"], metrics.get("accuracy"))
+        if self.remote and time.monotonic() - self.flushed_at > REMOTE_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Makes every row and event written so far durable (in a bucket: one upload of each object)."""
+        if self.tb is None:
+            return
+        self.tb.flush()
+        if self.remote:
+            paths.write_text_atomic(self.path, "".join(self.rows))
+            for name in os.listdir(self.tb_local):
+                with open(os.path.join(self.tb_local, name), "rb") as f:
+                    paths.write_bytes_atomic(self.tb_dir / name, f.read())
+            self.flushed_at = time.monotonic()
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.close()
         if self.tb is not None:
+            self.flush()
             self.tb.close()
+            self.tb = None

@@ -6,11 +6,14 @@ same folder renamed over the target; on a bucket one object upload (GCS objects 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import shutil
+import tempfile
 import uuid
-from typing import Any
+from typing import Any, Iterable
 
 from etils import epath
 
@@ -31,13 +34,113 @@ def join(path: PathLike, *parts: str) -> epath.Path:
     return as_path(path).joinpath(*parts)
 
 
+def bucket_of(path: PathLike) -> epath.Path | None:
+    """`gs://bucket` of a remote path; None for a local one."""
+    if not is_remote(path):
+        return None
+    scheme, rest = os.fspath(path).split("://", 1)
+    return epath.Path(f"{scheme}://{rest.split('/', 1)[0]}")
+
+
+def storage_error(path: PathLike, what: str = "") -> Exception:
+    """A StorageError for a missing `path`, saying whether its bucket is missing too."""
+    from aple_jax.errors import StorageError
+    bucket = bucket_of(path)
+    if bucket is not None and not bucket.exists():
+        return StorageError(f"{what + ' ' if what else ''}{path}: bucket {bucket} does not exist",
+                            hint="create the bucket (gcloud storage buckets create) or fix the path")
+    return StorageError(f"{what + ' ' if what else ''}{path} does not exist")
+
+
+def require(path: PathLike, what: str = "") -> epath.Path:
+    """`path` as an epath, or a StorageError naming it (and its bucket where that is what is missing)."""
+    path = as_path(path)
+    if not path.exists():
+        raise storage_error(path, what)
+    return path
+
+
+def make_dirs(path: PathLike) -> epath.Path:
+    """Creates a local directory with its parents; in a bucket (which has no directories) checks the bucket."""
+    path = as_path(path)
+    if is_remote(path):
+        bucket = bucket_of(path)
+        if not bucket.exists():
+            raise storage_error(path, "directory")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def list_dir(path: PathLike) -> list[tuple[str, bool]]:
+    """(name, is_dir) of every entry of a directory, in one listing even in a bucket."""
+    path = as_path(path)
+    if not is_remote(path):
+        with os.scandir(path) as it:
+            return [(e.name, e.is_dir()) for e in it]
+    fs, root = _fs(path)
+    return [(entry["name"].rstrip("/").rsplit("/", 1)[-1], entry["type"] == "directory")
+            for entry in fs.ls(root, detail=True) if entry["name"].rstrip("/") != root]
+
+
+def missing_files(root: PathLike, keys: Iterable[str]) -> list[str]:
+    """The keys (paths relative to `root`) that name no file; in a bucket from one recursive listing."""
+    keys = list(dict.fromkeys(keys))
+    root = as_path(root)
+    if not is_remote(root):
+        return [k for k in keys if not os.path.isfile(os.path.join(root, k))]
+    fs, base = _fs(root)
+    present = {name[len(base) + 1:] for name in fs.find(base)}
+    return [k for k in keys if k not in present]
+
+
+def _fs(path: epath.Path):
+    """(fsspec filesystem, bucket/key without scheme) of a remote path."""
+    import fsspec
+    scheme, rest = os.fspath(path).split("://", 1)
+    return fsspec.filesystem(scheme), rest.rstrip("/")
+
+
+def local_copy(path: PathLike) -> str:
+    """A local path holding the file or directory `path`: itself when local, else a per-host download, made once
+    per version of the objects (weights and tokenizers are read by libraries that need local files)."""
+    if not is_remote(path):
+        return os.fspath(path)
+    path = require(path)
+    fs, remote = _fs(path)
+    objects = fs.find(remote, detail=True)          # a file lists as itself
+    version = repr(sorted((k, v.get("size"), v.get("generation") or v.get("updated")) for k, v in objects.items()))
+    key = hashlib.sha256(f"{path}\n{version}".encode()).hexdigest()[:16]
+    local = os.path.join(tempfile.gettempdir(), "aple_jax_cache", key, path.name)
+    if os.path.exists(local):
+        return local
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    tmp = f"{local}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        for name in objects:
+            target = tmp if name == remote else os.path.join(tmp, name[len(remote) + 1:])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.get_file(name, target)
+        os.replace(tmp, local)                     # another process may have won: its copy is the same
+    except OSError:
+        if not os.path.exists(local):
+            raise
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp) if os.path.isdir(tmp) else os.remove(tmp)
+    return local
+
+
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     """Writes `data` so that readers see the old file or the new one, never a part."""
     path = as_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if is_remote(path):
-        path.write_bytes(data)           # one object upload: whole or absent
+        try:
+            path.write_bytes(data)           # one object upload: whole or absent
+        except FileNotFoundError:
+            raise storage_error(path, "cannot write") from None
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "wb") as f:

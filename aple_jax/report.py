@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections import defaultdict
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -132,10 +133,10 @@ class Group:
 
 def find_runs(runs_dir: str, skip_unfinished: bool = False) -> list[Run]:
     """Every run's results.json below `runs_dir`; unfinished run directories raise unless skipped."""
-    if not os.path.isdir(runs_dir):
+    if not paths.as_path(runs_dir).is_dir():
         raise ReportError(f"runs directory {runs_dir} does not exist")
     runs, unfinished = [], []
-    for path, dirs, files in os.walk(runs_dir):
+    for path, dirs, files in _walk(os.fspath(runs_dir)):
         started = "config.json" in files or "checkpoints" in dirs
         dirs[:] = sorted(d for d in dirs if d != "checkpoints")
         if "results.json" in files:
@@ -154,11 +155,20 @@ def find_runs(runs_dir: str, skip_unfinished: bool = False) -> list[Run]:
     return runs
 
 
+def _walk(top: str) -> Iterable[tuple[str, list[str], list[str]]]:
+    """`os.walk` (top-down; prune by editing `dirs`) over a local or gs:// tree, one listing per directory."""
+    entries = paths.list_dir(top)
+    dirs = sorted(name for name, is_dir in entries if is_dir)
+    files = sorted(name for name, is_dir in entries if not is_dir)
+    yield top, dirs, files
+    for d in dirs:
+        yield from _walk(os.path.join(top, d))
+
+
 def read_json(path: str) -> dict[str, Any]:
-    """A JSON object from a file, or a ReportError naming the file."""
+    """A JSON object from a file (local or gs://), or a ReportError naming the file."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = json.loads(paths.as_path(path).read_text())
     except json.JSONDecodeError as e:
         raise ReportError(f"{path} is not valid JSON ({e}): a half-written or edited file?",
                           hint=f"delete {path} and rerun that run (it evaluates again from its checkpoints), or "
@@ -289,7 +299,7 @@ def summarize_transfer(groups: list[Group], targets: Sequence[str], average: boo
 def summarize(runs_dir: str, groups: list[Group], reference: bool) -> dict[str, Any]:
     """The machine-readable aggregate (written as results.json)."""
     summary: dict[str, Any] = {
-        "kind": REPORT_KIND, "runs_dir": os.path.abspath(runs_dir), "num_runs": sum(len(g.runs) for g in groups),
+        "kind": REPORT_KIND, "runs_dir": runs_dir if paths.is_remote(runs_dir) else os.path.abspath(runs_dir), "num_runs": sum(len(g.runs) for g in groups),
         "groups": [{**g.key._asdict(), "seeds": g.seeds, "runs": [r.path for r in g.runs],
                     "prompt_length": g.prompt_length,
                     "accuracy": {e: dataclasses.asdict(s) for e, s in g.stats.items()},
@@ -569,10 +579,16 @@ def report(runs_dir: str, out_dir: str | None = None, reference: bool = False, s
     out_dir = out_dir or runs_dir
     groups = group_runs(find_runs(runs_dir, skip_unfinished))
     summary = summarize(runs_dir, groups, reference)
-    os.makedirs(out_dir, exist_ok=True)
-    summary["plots"] = write_plots(groups, summary, out_dir) if plots else []
-    paths.write_json_atomic(os.path.join(out_dir, "results.json"), summary)
-    paths.write_text_atomic(os.path.join(out_dir, "results.md"), markdown(summary, reference))
+    paths.make_dirs(out_dir)
+    with tempfile.TemporaryDirectory() as scratch:      # matplotlib writes local files; a bucket gets uploads
+        local = scratch if paths.is_remote(out_dir) else out_dir
+        summary["plots"] = write_plots(groups, summary, local) if plots else []
+        if local != out_dir:
+            for name in summary["plots"]:
+                with open(os.path.join(local, name), "rb") as f:
+                    paths.write_bytes_atomic(paths.join(out_dir, name), f.read())
+    paths.write_json_atomic(paths.join(out_dir, "results.json"), summary)
+    paths.write_text_atomic(paths.join(out_dir, "results.md"), markdown(summary, reference))
     return summary
 
 

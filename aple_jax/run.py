@@ -147,7 +147,7 @@ def run_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]], stop_at_step: i
     results: dict[str, Any] = {}
     pending = []
     for config, workdir in jobs:
-        paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
+        paths.make_dirs(workdir)
         check_workdir_config(workdir, config)
         path = paths.join(workdir, "results.json")
         if path.exists():
@@ -164,7 +164,11 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     dist = config.distributed
     sharding.maybe_initialize_distributed(dist.coordinator or None, dist.num_processes or None,
                                           dist.process_id if dist.process_id >= 0 else None, dist.get("auto", False))
-    mesh = sharding.make_mesh()
+    devices = sharding.data_devices(config.batch_size)
+    mesh = sharding.make_mesh(devices)
+    note = sharding.describe_data_devices(devices, config.batch_size)
+    if note and jax.process_index() == 0:
+        print(note, flush=True)
     t0 = time.time()
     check_weights(config.backbone.name, config.backbone.weights)
     settings = [build_setting(c) for c, _ in pending]   # data mistakes show before the weights load

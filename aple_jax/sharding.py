@@ -36,6 +36,37 @@ def make_mesh(devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def data_devices(global_batch_size: int, devices: list | None = None) -> list:
+    """The devices of the data axis for a global batch: the largest count that divides the batch, is a multiple
+    of the process count and fits, taken equally from every process (the rest stay idle); the batch never changes.
+    """
+    devices = jax.devices() if devices is None else devices
+    procs = sorted({d.process_index for d in devices})
+    per_proc = min(sum(d.process_index == p for d in devices) for p in procs)
+    fits = [k for k in range(per_proc, 0, -1) if global_batch_size % (k * len(procs)) == 0]
+    if not fits:
+        from aple_jax.errors import ConfigError
+        raise ConfigError(f"batch_size={global_batch_size} cannot be split over {len(procs)} processes: it must be "
+                          f"a multiple of the process count", hint="raise batch_size or run fewer processes")
+    return [d for p in procs for d in [d for d in devices if d.process_index == p][:fits[0]]]
+
+
+def describe_data_devices(chosen: list, global_batch_size: int) -> str | None:
+    """The one line said at start when the data axis leaves devices idle; None when it uses them all."""
+    total = jax.device_count()
+    if len(chosen) == total:
+        return None
+    return (f"devices: batch_size={global_batch_size} is split over {len(chosen)} of the {total} devices "
+            f"(the largest count that divides it); {total - len(chosen)} stay idle. Pack seeds "
+            f"(--config.pack_seeds=1,2,3) or raise the batch to use more")
+
+
+def padded_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+    """An evaluation batch rounded up to a multiple of the mesh's devices (padding is masked out)."""
+    n_dev = mesh.devices.size
+    return -(-global_batch_size // n_dev) * n_dev
+
+
 def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, jax.P(DATA_AXIS))
 
@@ -60,5 +91,5 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     n_dev = mesh.devices.size
     if global_batch_size % n_dev:
         raise ValueError(f"global batch size {global_batch_size} must be a multiple of the "
-                         f"{n_dev} devices of the mesh")
+                         f"{n_dev} devices of the mesh (make the mesh with data_devices(batch size))")
     return global_batch_size // jax.process_count()

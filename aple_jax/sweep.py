@@ -49,7 +49,7 @@ class PlannedRun:
 
     @property
     def finished(self) -> bool:
-        return os.path.exists(os.path.join(self.workdir, "results.json"))
+        return paths.join(self.workdir, "results.json").exists()
 
     def command(self) -> str:
         """The launch.py command line of this run."""

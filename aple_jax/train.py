@@ -274,7 +274,8 @@ def fit(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: FitCont
 def _restore(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: FitContext) -> dict | None:
     """Where the seeds stand (their checkpoints must agree), with their restored states; None to start afresh."""
     def like(p: P.Tree) -> Callable[[dict[str, Any]], TrainState]:
-        return lambda meta: _phase_setup(method, phases[meta["phase"]], p, ctx, 1)[1]
+        # every leaf global over the mesh, as on the other hosts of a multi-host run
+        return lambda meta: sharding.replicate(_phase_setup(method, phases[meta["phase"]], p, ctx, 1)[1], ctx.mesh)
 
     restored = [s.checkpoints.restore_newest(like(p)) for s, p in zip(ctx.seeds, prompts)]
     if all(r is None for r in restored):
@@ -377,3 +378,4 @@ def _save(ctx: FitContext, global_step: int, state: TrainState, loaders: list[An
     for seed, seed_state, loader in zip(ctx.seeds, unpack(state, len(ctx.seeds)), loaders):
         meta = {**where, "global_step": global_step, "data_state": loader.get_state()}
         seed.checkpoints.save(global_step, seed_state, meta)
+        seed.writer.flush()

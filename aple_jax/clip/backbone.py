@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from aple_jax import paths
 from aple_jax.clip import model as clip_model
 from aple_jax.clip.tokenizer import Tokenizer
 from aple_jax.errors import ConfigError, StorageError, WeightsError
@@ -65,7 +65,9 @@ def check_weights(name: str, weights: str) -> str:
     if name == "world" and not weights:   # the tiny CLIP pretrained on the procedural world, shipped in the repo
         from aple_jax.world import WORLD_CLIP_DIR
         return WORLD_CLIP_DIR
-    if weights and not os.path.exists(weights):
+    if weights and not paths.as_path(weights).exists():
+        if paths.is_remote(weights):
+            raise paths.storage_error(weights, "backbone.weights")     # says whether the bucket is missing
         raise StorageError(f"backbone.weights={weights!r} does not exist", hint=WEIGHTS_HELP)
     if not weights and name != "tiny":
         raise ConfigError(f"backbone {name!r} needs backbone.weights", hint=WEIGHTS_HELP)
@@ -79,6 +81,8 @@ def load_backbone(name: str, weights: str, tokenizer_path: str = "", dtype: str 
         raise ConfigError(f"backbone.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
     weights = check_weights(name, weights)
     if weights:
+        weights = paths.local_copy(weights)       # gs:// weights: read from a per-host copy
+        tokenizer_path = paths.local_copy(tokenizer_path) if tokenizer_path else ""
         from aple_jax.clip.weights import load_clip
         cfg, params = load_clip(weights)
         tokenizer = Tokenizer.from_path(tokenizer_path or weights)

@@ -5,6 +5,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
+from aple_jax import paths
 from aple_jax.data.coop_pickle import read_coop_pickle
 from aple_jax.data.errors import SplitFormatError, see_docs
 from aple_jax.data.records import Datum
@@ -64,7 +65,7 @@ def _scan_class_folders(image_root: str, sub: str, folders: list[str], names: di
 def _read_imagenet(layout: CoopLayout, root: str) -> RawSplits:
     """ImageNet: CoOp's `preprocessed.pkl` when present (its file order fixes the shots), else a folder scan."""
     preprocessed = os.path.join(layout.dataset_path(root), "preprocessed.pkl")
-    if os.path.isfile(preprocessed):
+    if paths.as_path(preprocessed).is_file():
         data = read_coop_pickle(preprocessed, layout.pickle_marker())
         return RawSplits(data["train"], None, data["test"])
     return _scan_imagenet(layout, root)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from aple_jax import paths
 from aple_jax.data.errors import SplitFormatError, see_docs
 from aple_jax.data.records import Datum
 
@@ -47,7 +48,7 @@ def _to_records(items: list, marker: str, source: str) -> list[Datum]:
 
 def read_coop_pickle(path: str, marker: str) -> dict[str, list[Datum]]:
     """Every list of Datum in a CoOp pickle (`train`, `val`, `test`), with paths relative to the image root."""
-    with open(path, "rb") as f:
+    with paths.as_path(path).open("rb") as f:
         try:
             data = _DatumOnlyUnpickler(f).load()
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from aple_jax import paths
 from aple_jax.data.errors import MissingDataError, SplitFormatError, see_docs
 from aple_jax.data.fewshot import FEWSHOT_DIR
 from aple_jax.data.records import Datum
@@ -16,7 +17,7 @@ def _scan(root: str, sub: str, classes: list[str]) -> list[Datum]:
     out = []
     for label, name in enumerate(classes):
         rel = os.path.join(sub, name)
-        if os.path.isdir(os.path.join(root, rel)):
+        if paths.as_path(os.path.join(root, rel)).is_dir():
             out.extend(Datum(os.path.join(rel, f), label, name) for f in list_visible(os.path.join(root, rel),
                                                                                    dirs=False))
     return out
@@ -39,16 +40,16 @@ def read_custom(root: str, split_file: str | None = None) -> RawSplits:
     if split_file is not None:
         return read_split_json(split_file, SECTION)
     require_dir(root, "custom dataset directory (class folders, or train/ and test/ of class folders)", SECTION)
-    if os.path.isdir(os.path.join(root, "train")):
+    if paths.as_path(os.path.join(root, "train")).is_dir():
         classes = list_visible(os.path.join(root, "train"), dirs=True)
-        if not os.path.isdir(os.path.join(root, "test")):
+        if not paths.as_path(os.path.join(root, "test")).is_dir():
             raise MissingDataError(f"{root} has train/ but no test/ folder of class folders. " + see_docs(SECTION))
         extra = sorted(set(list_visible(os.path.join(root, "test"), dirs=True)) - set(classes))
         if extra:
             raise SplitFormatError(f"{os.path.join(root, 'test')} has classes absent from train/: {extra[:5]}. "
                                    + see_docs(SECTION))
         train, test = _scan(root, "train", classes), _scan(root, "test", classes)
-        val = _scan(root, "val", classes) if os.path.isdir(os.path.join(root, "val")) else test
+        val = _scan(root, "val", classes) if paths.as_path(os.path.join(root, "val")).is_dir() else test
         return RawSplits(train, val, test)
     classes = [c for c in list_visible(root, dirs=True) if c != FEWSHOT_DIR]
     if not classes:

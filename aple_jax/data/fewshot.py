@@ -11,6 +11,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
+from aple_jax import paths
 from aple_jax.data.errors import NotEnoughShotsError, SplitFormatError, see_docs
 from aple_jax.data.records import Datum
 
@@ -87,11 +88,11 @@ def _records_from_json(items: list, path: str) -> list[Datum]:
 
 
 def read_fewshot_cache(path: str, source: str | None = None) -> tuple[list[Datum], list[Datum] | None] | None:
-    """Reads a cached `{"train": [...], "val": [...]}` few-shot split; None when its `source` fingerprint says it
-    was drawn from other splits than `source` (a cache without one, as CoOp users have, is taken as it is)."""
+    """Reads a cached `{"train": [...], "val": [...]}` few-shot split (local or gs://); None when its `source`
+    fingerprint says it was drawn from other splits than `source` (a cache without one, as CoOp users have, is taken
+    as it is)."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = json.loads(paths.as_path(path).read_text())
     except json.JSONDecodeError as e:
         raise SplitFormatError(f"few-shot cache {path} is not valid JSON ({e}); delete it to sample the shots "
                                f"again. " + see_docs("few-shot")) from None
@@ -106,16 +107,16 @@ def read_fewshot_cache(path: str, source: str | None = None) -> tuple[list[Datum
 
 def write_fewshot_cache(path: str, train: Sequence[Datum], val: Sequence[Datum] | None,
                         source: str | None = None) -> None:
-    """Writes the few-shot split atomically; an unwritable cache directory only costs a warning."""
+    """Writes the few-shot split atomically, from process 0 only (the others sample the same split themselves);
+    an unwritable cache directory only costs a warning."""
+    import jax
+    if jax.process_index() != 0:
+        return
     data: dict = {"train": [list(r) for r in train]} | ({"source": source} if source else {})
     if val is not None:
         data["val"] = [list(r) for r in val]
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=4)
-        os.replace(tmp, path)
+        paths.write_json_atomic(path, data, indent=4)
     except OSError as e:
         log.warning("could not cache the few-shot split at %s: %s", path, e)
 
@@ -127,7 +128,7 @@ def fewshot_splits(train: Sequence[Datum], val: Sequence[Datum] | None, *, num_s
     """The cached sample at `cache_path` (unless drawn from other splits), else an imported one (CoOp's pickle),
     else a fresh CoOp sample."""
     source = split_fingerprint(train, val) if cache_path is not None else None
-    if cache_path is not None and os.path.isfile(cache_path):
+    if cache_path is not None and paths.as_path(cache_path).is_file():
         log.info("loading the few-shot split from %s", cache_path)
         cached = read_fewshot_cache(cache_path, source)
         if cached is not None:

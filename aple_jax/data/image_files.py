@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
+from aple_jax import paths
 from aple_jax.data.errors import BadImageError, MissingDataError, see_docs
 
 
@@ -41,9 +42,10 @@ def to_rgb(img: Image.Image, path: str) -> np.ndarray:
 
 
 def decode_image(path: str) -> np.ndarray:
-    """Reads an image file as uint8 (H, W, 3) RGB (see `to_rgb`); names the path when it is absent or unreadable."""
+    """Reads an image file (local or gs://) as uint8 (H, W, 3) RGB (see `to_rgb`); names the path when it is
+    absent or unreadable."""
     try:
-        with Image.open(path) as img:
+        with paths.as_path(path).open("rb") as f, Image.open(f) as img:
             return to_rgb(img, path)
     except BadImageError:
         raise
@@ -69,7 +71,7 @@ class ImageFiles:
 
 def check_files_exist(root: str, keys: Iterable[str], what: str) -> None:
     """Raises MissingDataError naming the first absent files of `keys` (relative to `root`) and their count."""
-    missing = [k for k in dict.fromkeys(keys) if not os.path.isfile(os.path.join(root, k))]
+    missing = paths.missing_files(root, keys)
     if missing:
         shown = ", ".join(os.path.join(root, k) for k in missing[:3])
         raise MissingDataError(f"{len(missing)} image(s) listed in {what} are absent, e.g. {shown}. "

@@ -15,22 +15,33 @@ from absl import flags
 from grain.multiprocessing import SharedMemoryArray
 from jax.sharding import Mesh
 
+from aple_jax import paths
 from aple_jax.data.elements import BatchLayout, EvalElement, TrainElement
 from aple_jax.data.transforms import CLIP_CROP_SCALE
 from aple_jax.errors import ConfigError
-from aple_jax.sharding import local_batch_size, shard_batch
+from aple_jax.sharding import local_batch_size, padded_batch_size, shard_batch
 
 PREFETCH_BATCHES = 2
 MAX_THREADS = 8  # decoding threads when no worker processes are asked for (PIL releases the GIL)
+BUCKET_READS = 32  # reads in flight per process from a bucket: each waits on the network, not on a core
 
 
 def _layout(global_batch_size: int, mesh: Mesh) -> BatchLayout:
     return BatchLayout(global_batch_size, local_batch_size(global_batch_size, mesh), jax.process_index())
 
 
-def _to_iter(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
-    """Threads decode batches in this process; with `num_workers` > 0, worker processes do."""
-    threads = min(MAX_THREADS, os.cpu_count() or 1) if num_workers == 0 else 1
+def _reads_bucket(source: Sequence[dict[str, Any]]) -> bool:
+    """Whether the source's images are objects in a bucket (gs://...)."""
+    return paths.is_remote(getattr(getattr(source, "loader", None), "root", "") or "")
+
+
+def _to_iter(ds: grain.MapDataset, num_workers: int, bucket: bool = False) -> grain.IterDataset:
+    """Threads decode batches in this process; with `num_workers` > 0, worker processes do. From a bucket,
+    BUCKET_READS threads per process (split among the workers) keep enough object reads in flight."""
+    if bucket:
+        threads = max(1, BUCKET_READS // max(1, num_workers))
+    else:
+        threads = min(MAX_THREADS, os.cpu_count() or 1) if num_workers == 0 else 1
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                               prefetch_buffer_size=max(PREFETCH_BATCHES, threads)))
     if num_workers > 0:
@@ -105,7 +116,8 @@ def train_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, im
     element = TrainElement(source, layout, image_size, seed, augment, crop_scale)
     ds = grain.MapDataset.range(sys.maxsize // global_batch_size * layout.local_batch_size).map(element)
     ds = ds.batch(layout.local_batch_size, drop_remainder=True)
-    return TrainLoader(_to_iter(ds, num_workers), mesh, element.steps_per_epoch, workers=num_workers > 0)
+    return TrainLoader(_to_iter(ds, num_workers, _reads_bucket(source)), mesh, element.steps_per_epoch,
+                       workers=num_workers > 0)
 
 
 class EvalLoader:
@@ -128,12 +140,14 @@ class EvalLoader:
 
 def eval_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int, mesh: Mesh,
                 num_workers: int = 0) -> EvalLoader:
-    """Sequential batches; the last one is padded to full size with mask False on the padding."""
+    """Sequential batches; the last one is padded to full size with mask False on the padding. The batch is
+    rounded up to a multiple of the mesh's devices (which changes no result)."""
+    global_batch_size = padded_batch_size(global_batch_size, mesh)
     layout = _layout(global_batch_size, mesh)
     num_batches = -(-len(source) // global_batch_size)
     ds = grain.MapDataset.range(num_batches * layout.local_batch_size).map(EvalElement(source, layout, image_size))
     ds = ds.batch(layout.local_batch_size, drop_remainder=True)
-    return EvalLoader(_to_iter(ds, num_workers), mesh, num_batches, workers=num_workers > 0)
+    return EvalLoader(_to_iter(ds, num_workers, _reads_bucket(source)), mesh, num_batches, workers=num_workers > 0)
 
 
 def host_batches(loader: EvalLoader | TrainLoader) -> Iterator[dict[str, np.ndarray]]:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from aple_jax import paths
 from aple_jax.data.coop_folders import LAYOUTS, CoopLayout
 from aple_jax.data.coop_pickle import read_coop_pickle
 from aple_jax.data.custom import SECTION as CUSTOM_SECTION
@@ -71,7 +72,7 @@ def _build_coop(layout: CoopLayout, root: str | None, proto: _Protocol, cache_di
     return _assemble(layout.name, raw, dict.fromkeys(("train", "val", "test"), loader),
                      classnames_by_label(raw.train), template_for(layout.name), proto, test_only=layout.test_only,
                      cache_path=fewshot_cache_path(fewshot_dir, proto.shots, proto.seed),
-                     importer=import_coop_pickle if os.path.isfile(coop_pkl) else None, image_root=image_root)
+                     importer=import_coop_pickle if paths.as_path(coop_pkl).is_file() else None, image_root=image_root)
 
 
 def _build_custom(root: str | None, proto: _Protocol, cache_dir: str | None, split_file: str | None = None,

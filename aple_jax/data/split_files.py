@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from aple_jax import paths
 from aple_jax.data.errors import MissingDataError, SplitFormatError, see_docs
 from aple_jax.data.records import Datum
 
@@ -20,13 +20,13 @@ class RawSplits(NamedTuple):
 
 def require_file(path: str, what: str, section: str = "") -> None:
     """Raises MissingDataError naming `path` and what was expected there."""
-    if not os.path.isfile(path):
+    if not paths.as_path(path).is_file():
         raise MissingDataError(f"{what} not found at {path}. " + see_docs(section))
 
 
 def require_dir(path: str, what: str, section: str = "") -> None:
     """Raises MissingDataError naming the directory `path` and what it should hold."""
-    if not os.path.isdir(path):
+    if not paths.as_path(path).is_dir():
         raise MissingDataError(f"{what} not found: {path} is not a directory. " + see_docs(section))
 
 
@@ -51,8 +51,7 @@ def read_split_json(path: str, section: str = "") -> RawSplits:
     """CoOp's `read_split`: `{"train"|"val"|"test": [[impath, label, classname], ...]}`."""
     require_file(path, "split file", section)
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = json.loads(paths.as_path(path).read_text())
     except json.JSONDecodeError as e:
         raise SplitFormatError(f"{path} is not valid JSON: {e}. " + see_docs("split format")) from e
     missing = [k for k in ("train", "val", "test") if not isinstance(data, dict) or k not in data]
@@ -87,7 +86,7 @@ def read_classnames_txt(path: str, section: str = "") -> dict[str, str]:
     """ImageNet's `classnames.txt`: lines "wnid class name", in label order."""
     require_file(path, "classnames.txt (lines 'wnid class name')", section)
     names: dict[str, str] = {}
-    with open(path) as f:
+    with paths.as_path(path).open() as f:
         for n, line in enumerate(f, 1):
             parts = line.strip().split(" ")
             if not parts[0]:
@@ -102,7 +101,7 @@ def read_classnames_txt(path: str, section: str = "") -> dict[str, str]:
 def read_lines(path: str, what: str, section: str = "") -> list[str]:
     """Non-empty stripped lines of a text file."""
     require_file(path, what, section)
-    with open(path) as f:
+    with paths.as_path(path).open() as f:
         return [line.strip() for line in f if line.strip()]
 
 
@@ -119,9 +118,8 @@ def read_variant_list(path: str, label_of: dict[str, int], section: str = "") ->
 
 
 def list_visible(path: str, *, dirs: bool) -> list[str]:
-    """Sorted non-hidden entries of `path` that are directories (dirs=True) or files."""
-    with os.scandir(path) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir() == dirs)
+    """Sorted non-hidden entries of `path` (local or gs://) that are directories (dirs=True) or files."""
+    return sorted(name for name, is_dir in paths.list_dir(path) if not name.startswith(".") and is_dir == dirs)
 
 
 def carve_per_class(records: Sequence[Datum], fractions: Sequence[float], seed: int = 0) -> list[list[Datum]]:

@@ -11,8 +11,10 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
+from aple_jax import paths
 from aple_jax.data.errors import MissingDataError, UnknownDatasetError, see_docs
 from aple_jax.data.records import Datum
 from aple_jax.data.split_files import RawSplits, carve_per_class, read_classnames_txt
@@ -187,16 +189,13 @@ def scan_labels(builder: str, split: str, data_dir: str | None) -> np.ndarray:
 def cached_labels(builder: str, split: str, data_dir: str | None, cache_dir: str | None) -> np.ndarray:
     """`scan_labels`, cached as JSON in `cache_dir` (a full scan of a large split reads every record once)."""
     path = None if cache_dir is None else os.path.join(cache_dir, f"labels-{builder.replace('/', '-')}-{split}.json")
-    if path and os.path.isfile(path):
-        with open(path) as f:
-            return np.asarray(json.load(f), np.int64)
+    if path and paths.as_path(path).is_file():
+        return np.asarray(json.loads(paths.as_path(path).read_text()), np.int64)
     log.info("scanning the labels of TFDS %s[%s]", builder, split)
     labels = scan_labels(builder, split, data_dir)
-    if path:
+    if path and jax.process_index() == 0:     # the other processes scanned the same labels themselves
         try:
-            os.makedirs(cache_dir, exist_ok=True)
-            with open(path, "w") as f:
-                json.dump(labels.tolist(), f)
+            paths.write_json_atomic(path, labels.tolist(), indent=None)
         except OSError as e:
             log.warning("could not cache TFDS labels at %s: %s", path, e)
     return labels
