@@ -25,6 +25,7 @@ from aple_jax import reference_numbers as ref
 from aple_jax.data.errors import UnknownDatasetError
 from aple_jax.data.names import canonical_name
 from aple_jax.errors import AplejaxError, error_boundary
+from aple_jax.prompt_files import flatten_config
 from aple_jax.run import OPERATIONAL_KEYS, hm
 from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS
 
@@ -189,21 +190,10 @@ def _read_results(path: str) -> dict[str, Any] | None:
     return results
 
 
-def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as {"a.b.c": value}, lists for tuples."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
 def differing_keys(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
     """Dotted keys whose values differ between two config dicts, apart from seed, operational and location keys."""
     skip = ("seed", *OPERATIONAL_KEYS, *LOCATION_KEYS, *ignore)
-    fa, fb = flat_config(a), flat_config(b)
+    fa, fb = flatten_config(a), flatten_config(b)
     return sorted(k for k in set(fa) | set(fb)
                   if fa.get(k) != fb.get(k) and not any(k == s or k.startswith(s + ".") for s in skip))
 

@@ -50,3 +50,15 @@ def assert_user_error(case: Case, proc: subprocess.CompletedProcess) -> None:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, report
     assert case.needle in errors[0], report
+
+
+def assert_all_user_errors(cases: list[Case]) -> None:
+    """Runs every case and asserts each is a user error (see `assert_user_error`), reporting all failures at once."""
+    results = run_all(cases)
+    failures = []
+    for case in cases:
+        try:
+            assert_user_error(case, results[case.name])
+        except AssertionError as e:
+            failures.append(f"{case.name}: {e}")
+    assert not failures, "\n\n".join(failures)

@@ -132,15 +132,7 @@ def _cases(d):
 
 
 def test_launch_refuses_lying_inputs_in_one_line(inputs):
-    cases = _cases(inputs)
-    results = cli.run_all(cases)
-    failures = []
-    for case in cases:
-        try:
-            cli.assert_user_error(case, results[case.name])
-        except AssertionError as e:
-            failures.append(f"{case.name}: {e}")
-    assert not failures, "\n\n".join(failures)
+    cli.assert_all_user_errors(_cases(inputs))
 
 
 # ----------------------------------------------------------------------------------------------- images

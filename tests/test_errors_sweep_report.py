@@ -56,12 +56,4 @@ def _cases(d):
 
 
 def test_sweep_report_and_convert_refuse_bad_inputs_in_one_line(dirs):
-    cases = _cases(dirs)
-    results = cli.run_all(cases)
-    failures = []
-    for case in cases:
-        try:
-            cli.assert_user_error(case, results[case.name])
-        except AssertionError as e:
-            failures.append(f"{case.name}: {e}")
-    assert not failures, "\n\n".join(failures)
+    cli.assert_all_user_errors(_cases(dirs))
