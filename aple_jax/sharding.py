@@ -57,8 +57,8 @@ def describe_data_devices(chosen: list, global_batch_size: int) -> str | None:
     if len(chosen) == total:
         return None
     return (f"devices: batch_size={global_batch_size} is split over {len(chosen)} of the {total} devices "
-            f"(the largest count that divides it); {total - len(chosen)} stay idle. Pack seeds "
-            f"(--config.pack_seeds=1,2,3) or raise the batch to use more")
+            f"(the largest count that divides it); {total - len(chosen)} stay idle. A larger batch uses more; "
+            f"packed seeds (--config.pack_seeds=1,2,3) give the devices in use more work per step")
 
 
 def padded_batch_size(global_batch_size: int, mesh: Mesh) -> int:
