@@ -70,8 +70,8 @@ def test_recipe_batch_trains_on_8_devices_like_on_1(tmp_path, method):
     notes = [l for l in stdout.splitlines() if l.startswith("devices:")]
     if used < 8:
         assert notes == [f"devices: batch_size={batch} is split over {used} of the 8 devices (the largest count "
-                         f"that divides it); {8 - used} stay idle. Pack seeds (--config.pack_seeds=1,2,3) or raise "
-                         f"the batch to use more"]
+                         f"that divides it); {8 - used} stay idle. A larger batch uses more; packed seeds "
+                         f"(--config.pack_seeds=1,2,3) give the devices in use more work per step"]
     else:
         assert notes == []
     assert eight["prompts"].keys() == one["prompts"].keys()
