@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -45,14 +46,21 @@ def decode_image(path: str) -> np.ndarray:
     """Reads an image file (local or gs://) as uint8 (H, W, 3) RGB (see `to_rgb`); names the path when it is
     absent or unreadable."""
     try:
-        with paths.as_path(path).open("rb") as f, Image.open(f) as img:
-            return to_rgb(img, path)
-    except BadImageError:
-        raise
+        with paths.as_path(path).open("rb") as f:
+            return decode_stream(f, path)
     except FileNotFoundError as e:
         raise MissingDataError(f"image {path} does not exist. " + see_docs()) from e
+
+
+def decode_stream(f: BinaryIO, name: str) -> np.ndarray:
+    """Decodes an open image file (or its bytes in a BytesIO) as `decode_image` does; `name` names it in errors."""
+    try:
+        with Image.open(f) as img:
+            return to_rgb(img, name)
+    except BadImageError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise BadImageError(f"cannot decode image {path}: {e}. Re-download or remove it from the split. "
+        raise BadImageError(f"cannot decode image {name}: {e}. Re-download or remove it from the split. "
                             + see_docs()) from e
 
 

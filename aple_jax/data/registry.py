@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aple_jax import paths
+from aple_jax.data.array_records import ArrayRecordImages, has_array_records
 from aple_jax.data.coop_folders import LAYOUTS, CoopLayout
 from aple_jax.data.coop_pickle import read_coop_pickle
 from aple_jax.data.custom import SECTION as CUSTOM_SECTION
@@ -69,6 +70,9 @@ def _build_coop(layout: CoopLayout, root: str | None, proto: _Protocol, cache_di
 
     image_root = layout.image_root(root)
     loader = ImageFiles(image_root)
+    if has_array_records(layout.dataset_path(root)):   # a copy made by aple_jax.data.to_array_record
+        loader, image_root = ArrayRecordImages(layout.dataset_path(root)), None
+        loader.check_keys((r.key for s in raw if s for r in s), f"the {layout.name} splits")
     return _assemble(layout.name, raw, dict.fromkeys(("train", "val", "test"), loader),
                      classnames_by_label(raw.train), template_for(layout.name), proto, test_only=layout.test_only,
                      cache_path=fewshot_cache_path(fewshot_dir, proto.shots, proto.seed),
