@@ -34,7 +34,8 @@ def converted(tmp_path_factory):
         _distinct_tree(data, name)
     build_dataset("dtd", str(data), shots=2, seed=5)      # a few-shot cache in the source, copied as it is
     rc = subprocess.run([sys.executable, "-m", "aple_jax.data.to_array_record", "--dataset", "dtd",
-                         "--data", str(data), "--out", str(out), "--shard-mb", "0"], capture_output=True, text=True)
+                         "--data", str(data), "--out", str(out), "--shard-mb", "0", "--workers", "2"],
+                        capture_output=True, text=True)   # 2 workers: 16 images a chunk, 54 images
     assert rc.returncode == 0, rc.stderr
     for name in DATASETS[1:]:
         main(["--dataset", name, "--data", str(data), "--out", str(out)])

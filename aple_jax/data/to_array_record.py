@@ -53,9 +53,13 @@ def _copy_tree(src: str, dst: str, skip: set[str]) -> int:
 
 
 def _read_all(image_root: str, keys: Sequence[str], workers: int) -> Iterator[bytes]:
-    """The bytes of every image, in order; `workers` objects are fetched at a time (bucket reads are slow)."""
+    """The bytes of every image, in order; `workers` objects are fetched at a time (bucket reads are slow) and at
+    most a few chunks of images are held in memory."""
+    chunk = 8 * workers
     with ThreadPoolExecutor(workers) as pool:
-        yield from pool.map(lambda k: paths.as_path(os.path.join(image_root, k)).read_bytes(), keys)
+        for start in range(0, len(keys), chunk):
+            yield from pool.map(lambda k: paths.as_path(os.path.join(image_root, k)).read_bytes(),
+                                keys[start:start + chunk])
 
 
 def _move(local: str, target: str) -> None:
