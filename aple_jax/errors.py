@@ -38,6 +38,10 @@ class WeightsError(AplejaxError, ValueError):
     """CLIP weights or a tokenizer that do not fit the backbone."""
 
 
+class TrainingDivergedError(AplejaxError, FloatingPointError):
+    """The loss or the prompts became NaN or infinite; the last good checkpoint is kept."""
+
+
 class StorageError(AplejaxError, FileNotFoundError):
     """A local or gs:// path that is missing or cannot be reached."""
 

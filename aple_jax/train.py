@@ -17,7 +17,7 @@ from aple_jax import losses as L
 from aple_jax import prompts as P
 from aple_jax import sharding
 from aple_jax.adapter import apply_adapter
-from aple_jax.errors import CheckpointError
+from aple_jax.errors import CheckpointError, TrainingDivergedError
 from aple_jax.methods.base import Method, Phase
 
 Array = jax.Array
@@ -199,9 +199,10 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 def check_finite(state: TrainState, phase: Phase, epoch: int, step: int) -> None:
     if not bool(jax.device_get(jnp.all(state.finite))):
-        raise FloatingPointError(
+        raise TrainingDivergedError(
             f"the loss or the prompts became NaN or infinite in phase {phase.name!r} (epoch {epoch + 1}, step {step}); "
-            f"training stopped and the last good checkpoint is kept. Lower the learning rate or check the inputs.")
+            f"training stopped and the last good checkpoint is kept.",
+            hint="lower the learning rate (optim.lr) or check the inputs, with a new --workdir")
 
 
 def cosine_lr_table(phase: Phase, optim: ml_collections.ConfigDict) -> list[float]:
