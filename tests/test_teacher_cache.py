@@ -94,7 +94,9 @@ def test_packed_seeds_with_the_cached_teacher_match_a_lone_run(tmp_path):
     assert packed[1]["accuracy"] == alone["accuracy"]
     with np.load(tmp_path / "packed" / "seed2" / "prompts.npz") as a, np.load(tmp_path / "alone" / "prompts.npz") as b:
         for key in (k for k in b.files if k != "__meta__"):
-            assert np.linalg.norm(a[key] - b[key]) <= 1e-5 * np.linalg.norm(b[key]), key
+            # The packed program vmaps the step, so its sums run in another order; over three phases (two with the
+            # KL teacher) the small vision/deep_1 leaf drifts by 2.7e-5 relative with jaxlib 0.10.2's CPU kernels.
+            assert np.linalg.norm(a[key] - b[key]) <= 5e-5 * np.linalg.norm(b[key]), key
 
 
 def test_unknown_teacher_images_is_named(tiny):
