@@ -14,8 +14,8 @@ import numpy as np
 from aple_jax.data.errors import UnknownDatasetError
 from aple_jax.data.fewshot import check_shots, fewshot_splits, relabel, select_classes
 from aple_jax.data.records import DatasetSplits, Datum, RecordSource, prompt_names
-from aple_jax.world.attributes import (BACKGROUNDS, COLOUR_NAMES, COLOURS, COUNTS, SHAPES, TEXTURES,
-                                       sample_attributes)
+from aple_jax.world.attributes import (BACKGROUNDS, COLOUR_NAMES, COLOURS, COUNTS, POSITIONS, SHAPES, SIZES,
+                                       TEXTURES, sample_attributes)
 from aple_jax.world.render import render
 from aple_jax.world.shifts import SHIFTS, apply_shift
 
@@ -54,10 +54,19 @@ SPECS: dict[str, WorldSpec] = {
     "WorldCounts": _spec("a photo of {}.", [(f"{COUNTS[n]} {COLOUR_NAMES[c]} {'shape' if n == 0 else 'shapes'}",
                                              {"count": n, "colour": c})
                                             for n, c in interleave(len(COUNTS), len(COLOURS))]),
+    # Appended after the first five: a dataset's images are seeded by its index here.
+    "WorldPlaces": _spec("a photo of a {}.", [(f"{COLOUR_NAMES[c]} shape {POSITIONS[p]}", {"position": p, "colour": c})
+                                              for p, c in interleave(len(POSITIONS), len(COLOURS))], count=0),
+    "WorldSizes": _spec("a photo of a {}.", [(f"{SIZES[z]} {COLOUR_NAMES[c]} shape", {"size": z, "colour": c})
+                                             for z, c in interleave(len(SIZES), len(COLOURS))], count=0),
 }
 BASE_DATASETS = tuple(SPECS)
 WORLD_DATASETS = BASE_DATASETS + tuple(f"{d}-{s}" for d in BASE_DATASETS for s in SHIFTS)
 TEMPLATES = {name: SPECS[name.split("-")[0]].template for name in WORLD_DATASETS}
+# The world's 11-dataset suite (sweep shortcut `world11`), chosen by room and zero-shot level before any method was
+# compared (docs/world.md): from generic (zero-shot near the probe) to specialist (zero-shot near 0, probe high).
+SUITE = ("WorldScenes", "WorldScenes-Blur", "WorldSizes", "WorldCounts", "WorldObjects", "WorldScenes-Sketch",
+         "WorldObjects-Swap", "WorldCounts-Invert", "WorldCounts-Swap", "WorldSizes-Swap", "WorldScenes-Invert")
 
 
 def parse_name(name: str) -> tuple[str, str | None]:
@@ -70,14 +79,24 @@ def parse_name(name: str) -> tuple[str, str | None]:
 
 
 class WorldImages:
-    """Loader: key k of a split is instance k % per_class of class k // per_class, fixed by the world seed."""
+    """Loader: key k of a split is instance k % per_class of class k // per_class, fixed by the world seed.
+    Rendered images are kept (a few MB: world splits are small), so later epochs do not render them again."""
 
     def __init__(self, name: str, split: str, per_class: int, image_size: int, world_seed: int):
         self.base, self.shift = parse_name(name)
         self.name, self.split, self.per_class = name, split, per_class
         self.image_size, self.world_seed = image_size, world_seed
+        self._rendered: dict[int, np.ndarray] = {}
 
     def __call__(self, key: int) -> np.ndarray:
+        key = int(key)
+        if key not in self._rendered:
+            image = self._render(key)
+            image.flags.writeable = False     # shared by every epoch: nobody may change it in place
+            self._rendered[key] = image
+        return self._rendered[key]
+
+    def _render(self, key: int) -> np.ndarray:
         spec = SPECS[self.base]
         label = int(key) // self.per_class
         rng = np.random.default_rng([self.world_seed, 1 + BASE_DATASETS.index(self.base), SPLIT_IDS[self.split],

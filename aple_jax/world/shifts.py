@@ -1,9 +1,9 @@
-"""Domain shifts of rendered images, the world's ImageNet-Sketch/-R/-A: sketch, noise, invert, blur."""
+"""Domain shifts of rendered images, the world's ImageNet-Sketch/-R/-A: sketch, noise, invert, blur, swap."""
 from __future__ import annotations
 
 import numpy as np
 
-SHIFTS = ("Sketch", "Noise", "Invert", "Blur")
+SHIFTS = ("Sketch", "Noise", "Invert", "Blur", "Swap")
 
 
 def _box_blur(x: np.ndarray, radius: int) -> np.ndarray:
@@ -39,6 +39,8 @@ def apply_shift(images: np.ndarray, shift: str, rng: np.random.Generator) -> np.
         out = 255.0 - x
     elif shift == "Blur":
         out = _box_blur(_box_blur(x, 2), 2)
+    elif shift == "Swap":
+        out = x[..., [1, 2, 0]]      # R <- G, G <- B, B <- R: red turns blue, blue green, green red
     else:
         raise ValueError(f"unknown domain shift {shift!r}; expected one of {SHIFTS}")
     return np.clip(out, 0, 255).astype(np.uint8)
