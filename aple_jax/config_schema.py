@@ -58,6 +58,7 @@ RANGES: dict[str, tuple[Check, str]] = {
     "seed": (_int_at_least(0), "an integer >= 0"),
     "optim.lr": (_positive, "a finite number > 0"),
     "optim.epochs": (_int_at_least(1), "an integer >= 1"),
+    "optim.epoch_scale": (_positive, "a finite number > 0"),
     "optim.momentum": (_momentum, "a number in [0, 1)"),
     "optim.weight_decay": (_non_negative, "a finite number >= 0"),
     "optim.warmup_epochs": (_int_at_least(0), "an integer >= 0"),

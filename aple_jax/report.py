@@ -49,9 +49,18 @@ def format_run(results: dict[str, Any] | list[dict[str, Any]]) -> str:
     names, with_hm = list(runs[0]["accuracy"]), "hm" in runs[0]
     header = "| method | dataset | seed | " + " | ".join(names) + (" | HM |" if with_hm else " |")
     rule = "|" + "---|" * (3 + len(names) + with_hm)
-    rows = [f"| {r['method']} | {r['dataset']} | {r['seed']} | " + " | ".join(f"{r['accuracy'][n]:.2f}" for n in names)
-            + (f" | {r['hm']:.2f} |" if with_hm else " |") for r in runs]
+    rows = [_row([r["method"], r["dataset"], str(r["seed"])], r["accuracy"], names, with_hm) for r in runs]
+    # the frozen-CLIP row of `zeroshot.compare` (the same test images for every seed)
+    rows += [_row(["zero-shot CLIP", r["dataset"], "-"], r["zero_shot"]["accuracy"], names, with_hm)
+             for r in runs[:1] if "zero_shot" in r]
     return "\n".join([header, rule, *rows])
+
+
+def _row(cells: list[str], accuracy: dict[str, float], names: list[str], with_hm: bool) -> str:
+    cells = cells + [f"{accuracy[n]:.2f}" for n in names]
+    if with_hm:
+        cells.append(f"{hm(accuracy['base'], accuracy['new']):.2f}")
+    return "| " + " | ".join(cells) + " |"
 
 
 # ---------------------------------------------------------------------------------------------------- runs, groups

@@ -180,7 +180,7 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
                                                      config.backbone.remat)
     clip_params = sharding.replicate(clip_params, mesh)
     method = build_method(config, backbone, tokenizer)
-    phases = method.phases()
+    phases = train.scale_phases(method.phases(), config.optim.epoch_scale)
     jobs = [SeedJob(c, w, setting, method.init(jax.random.key(c.seed), clip_params))
             for (c, w), setting in zip(pending, settings)]
     for job in jobs if jax.process_index() == 0 else ():
@@ -188,12 +188,12 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     image_size = backbone.cfg.image_resolution
     compilations: dict[str, int] = {}
 
-    def evaluate_all(job: SeedJob, p: Any) -> dict[str, Any]:
+    def evaluate_all(job: SeedJob, p: Any, model: Method = method) -> dict[str, Any]:
         out = {}
         for ev in job.setting.evals:
             batches = eval_loader(ev.splits.test, global_batch_size=config.eval_batch_size, image_size=image_size,
                                   mesh=mesh, num_workers=config.dataset.num_workers)
-            out[ev.name] = evaluate.evaluate_batches(method, p, clip_params, list(ev.splits.classnames),
+            out[ev.name] = evaluate.evaluate_batches(model, p, clip_params, list(ev.splits.classnames),
                                                      ev.splits.template, batches).to_json()
         return out
 
@@ -210,7 +210,10 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
             prompt_files.save_prompts(paths.join(job.workdir, "prompts.npz"), prompts)
         evals = evaluate_all(job, prompts)
         results[job.workdir] = _results(job.config, job.setting, evals, job.history, compilations,
-                                        time.time() - t0, len(jobs))
+                                        time.time() - t0, len(jobs), schedule(job, phases))
+        if config.zeroshot.compare and phases:
+            zero_shot = evaluate_all(job, {}, zero_shot_reference(config, backbone, tokenizer))
+            results[job.workdir]["zero_shot"] = {"accuracy": {k: v["accuracy"] for k, v in zero_shot.items()}}
         if jax.process_index() == 0:
             paths.write_json_atomic(paths.join(job.workdir, "results.json"), results[job.workdir])
     return results
@@ -313,7 +316,23 @@ def _num_train_images(config, setting) -> int:
     return len(setting.train.train)
 
 
-def _results(config, setting, evals, history, compilations, seconds, packed_seeds) -> dict[str, Any]:
+def zero_shot_reference(config: ml_collections.ConfigDict, backbone: Any, tokenizer: Any) -> ZeroShot:
+    """Frozen CLIP with the run's zero-shot templates, no prompts and no adapter: the row a trained run is put beside."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.method, c.adapter.enabled = "zeroshot", False
+    return ZeroShot(c, backbone, tokenizer)
+
+
+def schedule(job: SeedJob, phases: list) -> list[dict[str, Any]]:
+    """Each phase's epochs and optimizer steps in this run (none when it only evaluates)."""
+    if job.config.eval_only_from or job.setting.train is None:
+        return []
+    per_epoch = train.steps_per_epoch(len(job.setting.train.train), job.config.batch_size)
+    return [{"phase": p.name, "epochs": p.epochs, "steps": p.epochs * per_epoch} for p in phases]
+
+
+def _results(config, setting, evals, history, compilations, seconds, packed_seeds,
+             schedule_rows) -> dict[str, Any]:
     out: dict[str, Any] = {
         "method": config.method, "dataset": setting.train.name if setting.train else config.dataset.name,
         "setting": config.setting, "seed": config.seed, "shots": config.dataset.shots,
@@ -321,7 +340,8 @@ def _results(config, setting, evals, history, compilations, seconds, packed_seed
         "accuracy": {k: v["accuracy"] for k, v in evals.items()},
         "tag": config.tag, "prompt_length": {"text": config.prompts.text.n_ctx, "vision": config.prompts.vision.n_ctx},
         "num_train_images": _num_train_images(config, setting),
-        "history": history, "compilations": compilations, "seconds": round(seconds, 1),
+        "history": history, "compilations": compilations, "seconds": round(seconds, 1), "schedule": schedule_rows,
+        "steps": sum(row["steps"] for row in schedule_rows),
         "num_devices": jax.device_count(), "packed_seeds": packed_seeds, "config": json.loads(config.to_json()),
     }
     if "base" in evals and "new" in evals:

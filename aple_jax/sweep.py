@@ -31,11 +31,13 @@ from aple_jax.errors import CheckpointError, ConfigError, did_you_mean, error_bo
 from aple_jax.progress import format_duration
 from aple_jax.prompt_files import flatten_config
 from aple_jax.report import dataset_name, differing_keys, format_run, read_json
+from aple_jax.world.datasets import SUITE as WORLD_SUITE
 from aple_jax.world.datasets import parse_name as parse_world_name
 from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS
 
 DATASET_SHORTCUTS = {"base2new11": ("ImageNet",) + CROSS_DATASET_TARGETS,
-                     "world3": ("world:WorldObjects", "world:WorldCounts", "world:WorldScenes")}
+                     "world3": ("world:WorldObjects", "world:WorldCounts", "world:WorldScenes"),
+                     "world11": tuple(f"world:{name}" for name in WORLD_SUITE)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +73,8 @@ def load_config_module(path: str) -> ModuleType:
 
 
 def expand_datasets(text: str) -> list[str]:
-    """A comma-separated dataset list; `base2new11` stands for the 11 base-to-novel datasets, `world3` for the
-    world's three base-to-novel datasets (docs/world.md); names are checked."""
+    """A comma-separated dataset list; `base2new11` stands for the 11 base-to-novel datasets, `world11` for the
+    world's suite and `world3` for its three plain two-attribute datasets (docs/world.md); names are checked."""
     out: list[str] = []
     for item in filter(None, (t.strip() for t in text.split(","))):
         out += DATASET_SHORTCUTS.get(item, (item,))
@@ -168,56 +170,92 @@ def check_finished(run: PlannedRun) -> None:
                          f"a tag (--override tag=NAME) or use another --runs-dir")
 
 
-def execute(runs: list[PlannedRun], dry_run: bool, stop_on_error: bool = False) -> list[tuple[PlannedRun, str]]:
-    """Runs the sweep in this process, one run after another, skipping finished ones; returns the failed runs with
-    their errors. With `stop_on_error` the first failure is raised instead."""
-    todo = sum(not r.finished for r in runs)
-    start, done, failed = time.monotonic(), 0, []
-    for i, r in enumerate(runs, 1):
-        where = f"{i}/{len(runs)}"
-        if r.finished:
-            print(f"[{where}] skip {r.workdir}: results.json exists (finished)", flush=True)
+def seed_groups(runs: list[PlannedRun], pack_seeds: bool) -> list[list[PlannedRun]]:
+    """The sweep's units of work: each run alone, or with `pack_seeds` the seeds of one config x dataset together
+    (one program, as `:seeds=1+2+3`); a group's runs differ only in their seed."""
+    if not pack_seeds:
+        return [[r] for r in runs]
+    groups: dict[tuple[str, str], list[PlannedRun]] = {}
+    for r in runs:
+        groups.setdefault((r.config_file, os.path.dirname(r.workdir)), []).append(r)
+    for group in groups.values():
+        first = flatten_config(dict(group[0].config.to_dict(), seed=0))
+        for r in group[1:]:
+            other = flatten_config(dict(r.config.to_dict(), seed=0))
+            diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+            if diff:
+                raise ConfigError(f"--pack-seeds: the seeds of {os.path.dirname(r.workdir)} differ in more than the "
+                                  f"seed ({diff}, e.g. an override naming {{seed}}); run them without --pack-seeds")
+    return list(groups.values())
+
+
+def execute(runs: list[PlannedRun], dry_run: bool, stop_on_error: bool = False,
+            pack_seeds: bool = False) -> list[tuple[PlannedRun, str]]:
+    """Runs the sweep in this process, one run (or one group of packed seeds) after another, skipping finished
+    ones; returns the failed runs with their errors. With `stop_on_error` the first failure is raised instead."""
+    groups = seed_groups(runs, pack_seeds)
+    todo = sum(any(not r.finished for r in g) for g in groups)
+    start, done, ran, failed = time.monotonic(), 0, 0, []
+    for i, group in enumerate(groups, 1):
+        where, name = f"{i}/{len(groups)}", _group_name(group)
+        if all(r.finished for r in group):
+            print(f"[{where}] skip {name}: results.json exists (finished)", flush=True)
             continue
         if dry_run:
-            print(f"[{where}] would run {r.workdir}", flush=True)
+            print(f"[{where}] would run {name}", flush=True)
             continue
-        print(f"[{where}] run {r.workdir} ({_clock(start, done, todo)})", flush=True)
+        print(f"[{where}] run {name} ({_clock(start, done, todo)})", flush=True)
         t0 = time.monotonic()
-        results, error = run_logged(r, where)
-        done += 1
+        pending = [r for r in group if not r.finished]
+        results, error = run_logged(group, where)
+        done, ran = done + 1, ran + len(pending)
         took = format_duration(time.monotonic() - t0)
         if error is None:
             print(format_run(results), flush=True)
-            print(f"[{where}] finished {r.workdir} in {took} ({_clock(start, done, todo)})", flush=True)
+            print(f"[{where}] finished {name} in {took} ({_clock(start, done, todo)})", flush=True)
             continue
         if stop_on_error:
             raise error
-        failed.append((r, f"{type(error).__name__}: {error}".splitlines()[0]))
-        print(f"[{where}] FAILED {r.workdir} after {took}: {failed[-1][1]} (its train.log holds the traceback; "
+        message = f"{type(error).__name__}: {error}".splitlines()[0]
+        failed += [(r, message) for r in pending]
+        print(f"[{where}] FAILED {name} after {took}: {message} (its train.log holds the traceback; "
               f"{_clock(start, done, todo)})", flush=True)
     if not dry_run:
-        print_summary(runs, done, failed, time.monotonic() - start)
+        print_summary(runs, ran, failed, time.monotonic() - start)
     return failed
 
 
-def run_logged(r: PlannedRun, where: str) -> tuple[Any, Exception | None]:
-    """One run with its whole output (and the traceback of a failure) copied to `train.log` in its directory,
-    appended to the logs of earlier attempts; the log is written at the end, so the directory may be a bucket."""
-    from aple_jax.run import run
+def _group_name(group: list[PlannedRun]) -> str:
+    if len(group) == 1:
+        return group[0].workdir
+    return f"{os.path.dirname(group[0].workdir)}/seed{{{','.join(str(r.config.seed) for r in group)}}}"
+
+
+def run_logged(group: list[PlannedRun], where: str) -> tuple[Any, Exception | None]:
+    """One run (or packed seeds) with its whole output (and the traceback of a failure) copied to `train.log` in
+    each run directory, appended to the logs of earlier attempts; the log is written at the end, so the directory
+    may be a bucket."""
+    from aple_jax.run import run, run_seeds
     results, error = None, None
     with tee_output() as captured:
         try:
-            captured.append(f"sweep run {where} ({time.strftime('%Y-%m-%d %H:%M:%S')}): {r.command()}\n")
+            for r in group:
+                captured.append(f"sweep run {where} ({time.strftime('%Y-%m-%d %H:%M:%S')}): {r.command()}\n")
             try:
-                results = run(r.config, r.workdir)
+                if len(group) == 1:
+                    results = run(group[0].config, group[0].workdir)
+                else:
+                    config_schema.validate(group[0].config)
+                    results = run_seeds([(r.config, r.workdir) for r in group])
             except Exception as e:   # noqa: BLE001 -- reported, logged and listed; the sweep goes on
-                e.add_note(f"in sweep run {where}: {r.command()}")
+                e.add_note(f"in sweep run {where}: {group[0].command()}")
                 captured.append(traceback.format_exc())
                 error = e
         finally:
-            log = paths.join(r.workdir, "train.log")
-            earlier = log.read_text() if log.exists() else ""
-            paths.write_text_atomic(log, earlier + captured.text())
+            for r in group:
+                log = paths.join(r.workdir, "train.log")
+                earlier = log.read_text() if log.exists() else ""
+                paths.write_text_atomic(log, earlier + captured.text())
     return results, error
 
 
@@ -279,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--print-commands", action="store_true",
                       help="print one launch.py command per unfinished run instead of running")
     mode.add_argument("--dry-run", action="store_true", help="list the runs without running them")
+    parser.add_argument("--pack-seeds", action="store_true",
+                        help="train the seeds of each config x dataset together in one program (one compilation, "
+                             "the frozen CLIP shared); each seed keeps its own run directory and results")
     parser.add_argument("--stop-on-error", action="store_true",
                         help="stop at the first failing run with its traceback (default: go on, list failures)")
     a = parser.parse_args(argv)
@@ -292,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.print_commands:
             print_commands(runs)
             return 0
-        return 1 if execute(runs, a.dry_run, a.stop_on_error) else 0
+        return 1 if execute(runs, a.dry_run, a.stop_on_error, a.pack_seeds) else 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,16 @@ def epoch_schedule(base_lr: float, epochs: int, warmup_epochs: int = 1, warmup_l
     return optax.join_schedules([optax.constant_schedule(warmup_lr), cosine], boundaries=[warmup_epochs])
 
 
+def scale_phases(phases: list[Phase], scale: float) -> list[Phase]:
+    """Every phase `scale` times as long: its epochs (and GPA's mean and std, counted in epochs) x `scale`; epochs
+    are rounded and at least 1, so that one factor shortens every method's recipe alike."""
+    def scaled(p: Phase) -> Phase:
+        gpa = None if p.gpa is None else (p.gpa[0] * scale, p.gpa[1] * scale)
+        return dataclasses.replace(p, epochs=max(1, round(p.epochs * scale)), gpa=gpa)
+
+    return phases if scale == 1.0 else [scaled(p) for p in phases]
+
+
 def make_optimizer(phase: Phase, labels: P.Tree, steps_per_epoch: int,
                    optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """SGD with momentum and PyTorch-style weight decay on the phase's leaves; the rest get no update and no state."""

@@ -166,7 +166,7 @@ def test_readme_demo_with_a_bucket_workdir_and_bucket_weights(gcs_emulator, gcs)
                           f"--config.backbone.weights={gcs}/weights/world", "--config.progress=False"], cwd=ROOT,
                          env=_worker_env(gcs_emulator), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "| aple | WorldObjects | 1 |" in out.stdout
+    assert "| aple | WorldScenes-Invert | 1 |" in out.stdout
     objects = _objects(workdir)
     for name in ("config.json", "results.json", "metrics.jsonl", "prompts.npz", "classnames.json"):
         assert name in objects

@@ -251,6 +251,12 @@ def test_format_run_unchanged():
     assert table.splitlines()[-1] == "| aple | DTD | 1 | 80.00 | 60.00 | 68.57 |"
 
 
+def test_format_run_puts_zero_shot_beside_the_run():
+    run = {"method": "aple", "dataset": "X", "seed": 1, "accuracy": {"base": 30.0, "new": 20.0}, "hm": 24.0,
+           "zero_shot": {"accuracy": {"base": 1.0, "new": 3.0}}}
+    assert R.format_run(run).splitlines()[-1] == "| zero-shot CLIP | X | - | 1.00 | 3.00 | 1.50 |"
+
+
 def test_format_run_of_packed_seeds_has_a_row_per_seed():
     runs = [{"method": "aple", "dataset": "DTD", "seed": s, "accuracy": {"all": 50.0 + s}} for s in (2, 3)]
     assert R.format_run(runs).splitlines()[2:] == ["| aple | DTD | 2 | 52.00 |", "| aple | DTD | 3 | 53.00 |"]

@@ -24,6 +24,8 @@ def test_expand_datasets():
     assert sweep.expand_datasets("OxfordPets, DTD,") == ["OxfordPets", "DTD"]
     assert sweep.expand_datasets("world3,world:WorldShapes-Sketch") == [
         "world:WorldObjects", "world:WorldCounts", "world:WorldScenes", "world:WorldShapes-Sketch"]
+    from aple_jax.world import SUITE
+    assert sweep.expand_datasets("world11") == [f"world:{name}" for name in SUITE] and len(SUITE) == 11
     with pytest.raises(ValueError, match="unknown world dataset 'Nope'.*WorldObjects"):
         sweep.expand_datasets("world:Nope")
     with pytest.raises(ValueError, match="unknown dataset 'Foo'"):
@@ -136,3 +138,32 @@ def test_real_tiny_run_then_skip(tmp_path, capsys):
     assert f"[1/1] skip {workdir}: results.json exists (finished)" in capsys.readouterr().out
     summary = report.report(str(tmp_path), plots=False)
     assert summary["num_runs"] == 1 and summary["base2new"][0]["datasets"]["Synthetic"]["seeds"] == [1]
+
+
+def test_pack_seeds_groups_the_seeds_of_a_config_and_dataset(tmp_path):
+    runs = sweep.plan(["configs/aple.py", "configs/coop.py"], ["DTD", "EuroSAT"], [1, 2, 3], "", [], str(tmp_path))
+    groups = sweep.seed_groups(runs, pack_seeds=True)
+    assert len(groups) == 4 and all([r.config.seed for r in g] == [1, 2, 3] for g in groups)
+    assert all(len({(r.config_file, r.config.dataset.name) for r in g}) == 1 for g in groups)
+    assert sweep.seed_groups(runs, pack_seeds=False) == [[r] for r in runs]
+    with_seed = sweep.plan(["configs/maple.py"], [], [1, 2], "dg", ["eval_only_from=runs/x/seed{seed}"], "r")
+    with pytest.raises(ConfigError, match=r"differ in more than the seed \(\['eval_only_from'\]"):
+        sweep.seed_groups(with_seed, pack_seeds=True)
+
+
+@pytest.mark.slow
+def test_packed_seeds_sweep_writes_each_seed_and_skips_when_done(tmp_path, capsys):
+    argv = ["--configs", "configs/ivlp.py", "--args", "tiny", "--seeds", "1,2", "--pack-seeds",
+            "--override", "optim.epochs=1", "--runs-dir", str(tmp_path)]
+    assert sweep.main(argv) == 0
+    parent = os.path.join(tmp_path, "ivlp", "base2new", "Synthetic", "shots_16")
+    out = capsys.readouterr().out
+    assert f"[1/1] run {parent}/seed{{1,2}}" in out and "sweep: 2 finished, 0 skipped" in out
+    for seed in (1, 2):
+        with open(os.path.join(parent, f"seed{seed}", "results.json")) as f:
+            results = json.load(f)
+        assert results["seed"] == seed and results["packed_seeds"] == 2
+        with open(os.path.join(parent, f"seed{seed}", "train.log")) as f:
+            assert f"seed{seed}" in f.read()
+    assert sweep.main(argv) == 0
+    assert f"[1/1] skip {parent}/seed{{1,2}}" in capsys.readouterr().out
