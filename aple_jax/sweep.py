@@ -2,6 +2,7 @@
 
     python -m aple_jax.sweep --configs configs/aple.py --datasets base2new11 --seeds 1,2,3 \\
         --args data=/DATA,weights=/w/ViT-B-16 --runs-dir runs [--override key=value ...] [--print-commands|--dry-run]
+        [--variant 'NAME:key=value;key=value' ...] [--pack-seeds]
 
 Run directories: RUNS_DIR/<config stem>[-<tag>]/<setting>/<dataset>/shots_<k>/seed<s>, where <setting> is base2new,
 all, transfer-xd (`:xd`), transfer-dg (`:dg`) or transfer. A directory that holds results.json is skipped.
@@ -33,7 +34,7 @@ from aple_jax.prompt_files import flatten_config
 from aple_jax.report import dataset_name, differing_keys, format_run, read_json
 from aple_jax.world.datasets import SUITE as WORLD_SUITE
 from aple_jax.world.datasets import parse_name as parse_world_name
-from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS
+from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS, WORLD_DG_TARGETS, WORLD_XD_TARGETS
 
 DATASET_SHORTCUTS = {"base2new11": ("ImageNet",) + CROSS_DATASET_TARGETS,
                      "world3": ("world:WorldObjects", "world:WorldCounts", "world:WorldScenes"),
@@ -126,7 +127,8 @@ def setting_dir(c: ml_collections.ConfigDict) -> str:
     if c.setting != "transfer":
         return c.setting
     targets = tuple(c.dataset.eval_datasets)[1:]
-    return {CROSS_DATASET_TARGETS: "transfer-xd", IMAGENET_VARIANTS: "transfer-dg"}.get(targets, "transfer")
+    return {CROSS_DATASET_TARGETS: "transfer-xd", IMAGENET_VARIANTS: "transfer-dg", WORLD_XD_TARGETS: "transfer-xd",
+            WORLD_DG_TARGETS: "transfer-dg"}.get(targets, "transfer")
 
 
 def run_dir(runs_dir: str, config_file: str, c: ml_collections.ConfigDict) -> str:
@@ -136,24 +138,37 @@ def run_dir(runs_dir: str, config_file: str, c: ml_collections.ConfigDict) -> st
                         f"seed{c.seed}")
 
 
-def plan(config_files: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], args: str,
-         overrides: Sequence[str], runs_dir: str) -> list[PlannedRun]:
-    """Every config x dataset x seed, resolved; no datasets = each config's own dataset.
+def parse_variant(text: str) -> tuple[str, ...]:
+    """`--variant "NAME:key=value;key=value"` -> the overrides `tag=NAME`, `key=value`, ... (`NAME:` alone: the
+    config as it is, tagged NAME)."""
+    name, sep, body = text.partition(":")
+    if not sep or not name.strip() or any(c in name for c in "/=; "):
+        raise ConfigError(f"--variant {text!r}: expected NAME:key=value[;key=value...] with a plain NAME "
+                          f"(it becomes the runs' tag), e.g. ctx8:prompts.text.n_ctx=8")
+    return (f"tag={name.strip()}",) + tuple(o.strip() for o in body.split(";") if o.strip())
 
-    Override values may name the run's `{seed}` and `{dataset}`, e.g. eval_only_from=runs/x/seed{seed}.
+
+def plan(config_files: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], args: str,
+         overrides: Sequence[str], runs_dir: str, variants: Sequence[str] = ()) -> list[PlannedRun]:
+    """Every config x variant x dataset x seed, resolved; no datasets = each config's own dataset.
+
+    Override values may name the run's `{seed}` and `{dataset}`, e.g. eval_only_from=runs/x/seed{seed}. Each
+    variant (`NAME:key=value;...`) adds its overrides and the tag NAME to every run it makes.
     """
     runs = []
     for path in config_files:
         module = load_config_module(path)
-        for dataset in datasets or [""]:
-            for seed in seeds:
-                arg = ",".join(filter(None, [f"dataset={dataset}" if dataset else "", f"seed={seed}", args]))
-                c = module.get_config(arg)
-                items = tuple(o.replace("{seed}", str(seed)).replace("{dataset}", dataset) for o in overrides)
-                for o in items:
-                    apply_override(c, o)
-                config_schema.validate(c, check_paths=False)   # the paths may exist only where the runs run
-                runs.append(PlannedRun(path, arg, items, run_dir(runs_dir, path, c), c))
+        for variant in [parse_variant(v) for v in variants] or [()]:
+            for dataset in datasets or [""]:
+                for seed in seeds:
+                    arg = ",".join(filter(None, [f"dataset={dataset}" if dataset else "", f"seed={seed}", args]))
+                    c = module.get_config(arg)
+                    items = tuple(o.replace("{seed}", str(seed)).replace("{dataset}", dataset)
+                                  for o in (*overrides, *variant))
+                    for o in items:
+                        apply_override(c, o)
+                    config_schema.validate(c, check_paths=False)   # the paths may exist only where the runs run
+                    runs.append(PlannedRun(path, arg, items, run_dir(runs_dir, path, c), c))
     workdirs = [r.workdir for r in runs]
     duplicates = sorted({w for w in workdirs if workdirs.count(w) > 1})
     if duplicates:
@@ -312,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a config field for every run (repeatable), e.g. tag=ctx8; {seed} and {dataset} in "
                              "the value become the run's")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]",
+                        help="run every config as this variant too (repeatable; each is tagged NAME), e.g. "
+                             "--variant 'ctx1:prompts.text.n_ctx=1' --variant 'ctx2:prompts.text.n_ctx=2'")
     parser.add_argument("--runs-dir", required=True, help="root of the run directories")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--print-commands", action="store_true",
@@ -326,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with error_boundary():
         seeds = parse_seeds(a.seeds)
         runs = plan([p for p in a.configs.split(",") if p], expand_datasets(a.datasets), seeds, a.args, a.override,
-                    a.runs_dir)
+                    a.runs_dir, a.variant)
         for r in runs:
             if r.finished:
                 check_finished(r)

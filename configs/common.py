@@ -19,6 +19,11 @@ COMMON_ARGS = dict(dataset="", seed=0, seeds="", shots=-1, backbone="", weights=
 # CoOp 200 -> 40, KgCoOp 100 -> 20, IVLP and PromptSRC 20 -> 4, CoCoOp 10 -> 2, MaPLe 5 -> 1, APLe 5+5+5 -> 1+1+1.
 WORLD_EPOCH_SCALE = 0.2
 WORLD_DEFAULT_DATASET = "world:WorldScenes-Invert"   # the README's demo: room to learn (docs/world.md)
+# `:world,xd` / `:world,dg`: as ImageNet in the field, the world's largest class set is the one source of both.
+WORLD_TRANSFER_SOURCE = "world:WorldObjects"
+WORLD_XD_TARGETS = ("world:WorldScenes", "world:WorldCounts", "world:WorldSizes", "world:WorldPlaces",
+                    "world:WorldShapes", "world:WorldTextures")
+WORLD_DG_TARGETS = tuple(f"world:WorldObjects-{shift}" for shift in ("Sketch", "Noise", "Invert", "Blur", "Swap"))
 
 
 def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
@@ -96,7 +101,10 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, **extra: Any) -> m
         apply_world(c)
     if a.tiny:
         apply_tiny(c)
-    if a.xd or a.dg:
+    if (a.xd or a.dg) and (a.demo or a.world):
+        c.setting, c.dataset.name = "transfer", WORLD_TRANSFER_SOURCE
+        c.dataset.eval_datasets = (WORLD_TRANSFER_SOURCE,) + (WORLD_DG_TARGETS if a.dg else WORLD_XD_TARGETS)
+    elif a.xd or a.dg:
         c.setting, c.dataset.name = "transfer", "ImageNet"
         c.dataset.eval_datasets = ("ImageNet",) + (IMAGENET_VARIANTS if a.dg else CROSS_DATASET_TARGETS)
     if a.fewshot:

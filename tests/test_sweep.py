@@ -55,6 +55,11 @@ def test_tags_transfer_and_overrides_in_dirs(tmp_path):
     xd, dg = (sweep.plan(["configs/maple.py"], [], [3], a, [], str(tmp_path))[0] for a in ("xd", "dg"))
     assert xd.workdir == os.path.join(tmp_path, "maple", "transfer-xd", "ImageNet", "shots_16", "seed3")
     assert dg.workdir == os.path.join(tmp_path, "maple", "transfer-dg", "ImageNet", "shots_16", "seed3")
+    wxd, wdg = (sweep.plan(["configs/aple.py"], [], [1], a, [], str(tmp_path))[0] for a in ("world,xd", "world,dg"))
+    assert wxd.workdir == os.path.join(tmp_path, "aple", "transfer-xd", "WorldObjects", "shots_16", "seed1")
+    assert wdg.workdir == os.path.join(tmp_path, "aple", "transfer-dg", "WorldObjects", "shots_16", "seed1")
+    assert wdg.config.dataset.eval_datasets[0] == "world:WorldObjects" and len(wdg.config.dataset.eval_datasets) == 6
+    assert wxd.config.backbone.name == "world" and "world:WorldSizes" in wxd.config.dataset.eval_datasets
 
 
 def test_bad_overrides_and_duplicate_dirs(tmp_path):
@@ -167,3 +172,19 @@ def test_packed_seeds_sweep_writes_each_seed_and_skips_when_done(tmp_path, capsy
             assert f"seed{seed}" in f.read()
     assert sweep.main(argv) == 0
     assert f"[1/1] skip {parent}/seed{{1,2}}" in capsys.readouterr().out
+
+
+def test_variants_tag_their_runs_and_apply_their_overrides(tmp_path):
+    runs = sweep.plan(["configs/aple.py"], ["DTD"], [1, 2], "", ["optim.lr=0.01"], str(tmp_path),
+                      ["ctx1:prompts.text.n_ctx=1;prompts.vision.n_ctx=1", "noadapter:adapter.enabled=false", "as_is:"])
+    assert len(runs) == 3 * 2
+    by_tag = {r.config.tag: r for r in runs if r.config.seed == 2}
+    assert by_tag["ctx1"].workdir == os.path.join(tmp_path, "aple-ctx1", "base2new", "DTD", "shots_16", "seed2")
+    assert by_tag["ctx1"].config.prompts.vision.n_ctx == 1 and by_tag["ctx1"].config.adapter.enabled
+    assert not by_tag["noadapter"].config.adapter.enabled and by_tag["noadapter"].config.prompts.text.n_ctx == 4
+    assert by_tag["as_is"].config.optim.lr == 0.01 and by_tag["as_is"].command().endswith("--config.tag=as_is")
+    for bad in ("ctx1", ":prompts.text.n_ctx=1", "a/b:x=1"):
+        with pytest.raises(ConfigError, match="expected NAME:key=value"):
+            sweep.plan(["configs/aple.py"], ["DTD"], [1], "", [], str(tmp_path), [bad])
+    with pytest.raises(ConfigError, match="unknown config key 'prompts.text.nctx'"):
+        sweep.plan(["configs/aple.py"], ["DTD"], [1], "", [], str(tmp_path), ["x:prompts.text.nctx=2"])
