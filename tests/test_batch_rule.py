@@ -1,6 +1,5 @@
 """The field's recipes (batch 4 for APLe and MaPLe, 32 for CoOp) on 8 devices: the data axis takes the largest
 device count that divides the batch, says so in one line, and trains to the 1-device result."""
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import pytest
 
 from aple_jax import sharding
 from aple_jax.errors import ConfigError
+from tests.helpers import finish, result_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,23 +47,20 @@ def test_all_devices_in_use_say_nothing():
     assert sharding.describe_data_devices(jax.devices(), 4) is None
 
 
-def _run(tmp_path, method: str, devices: int) -> tuple[dict, str]:
+def _start(tmp_path, method: str, devices: int) -> subprocess.Popen:
     batch, extra = RECIPES[method]
     workdir = str(tmp_path / f"{method}-{devices}")
     sets = [f"--set=batch_size={batch}", "--set=eval_batch_size=20"] + [f"--set={s}" for s in extra]
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "tests/run_worker.py", workdir, method, *sets], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):]), out.stdout
+    return subprocess.Popen([sys.executable, "tests/run_worker.py", workdir, method, *sets], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(RECIPES))
 def test_recipe_batch_trains_on_8_devices_like_on_1(tmp_path, method):
-    eight, stdout = _run(tmp_path, method, 8)
-    one, _ = _run(tmp_path, method, 1)
+    stdout, one_stdout = finish([_start(tmp_path, method, d) for d in (8, 1)])   # side by side: each compiles on a core
+    eight, one = result_line(stdout), result_line(one_stdout)
     batch = RECIPES[method][0]
     used = min(8, batch)
     assert eight["device_count"] == 8

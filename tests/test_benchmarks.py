@@ -7,46 +7,67 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKES = {   # name: command line (`{out}` is the test's folder); all start together, each mostly compiles on one core
+    "accelerator": ["benchmarks/accelerator.py", "--smoke", "--json", "{out}/r.json"],
+    "train_step": ["benchmarks/train_step.py", "--backbone", "tiny", "--methods", "cocoop,aple", "--classes", "5",
+                   "--batches", "1,2", "--cocoop-pass", "2", "--dtype", "bfloat16", "--remat", "--repeats", "1",
+                   "--budget", "1", "--json", "{out}/r.json"],
+    "eval": ["benchmarks/eval.py", "--backbone", "tiny", "--batch", "8", "--images", "8", "--classes", "4",
+             "--workers", "1", "--passes", "1", "--device-input", "--json", "{out}/e.json"],
+}
+
+
+@pytest.fixture(scope="module")
+def smokes(tmp_path_factory):
+    """name -> (folder, started process) of every smoke, side by side; none outlives the module."""
+    started = {}
+    for name, argv in SMOKES.items():
+        out = tmp_path_factory.mktemp(name)
+        started[name] = (out, subprocess.Popen([sys.executable, *(a.format(out=out) for a in argv)], cwd=ROOT,
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    yield started
+    for _, proc in started.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _finished(smokes, name: str):
+    """(folder, stdout, stderr) of a smoke that exited 0."""
+    out, proc = smokes[name]
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    return out, stdout, stderr
 
 
 @pytest.mark.slow
-def test_accelerator_benchmark_smoke(tmp_path):
-    out = subprocess.run([sys.executable, "benchmarks/accelerator.py", "--smoke", "--json", str(tmp_path / "r.json")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "| train aple/V, C=10, batch 4 |" in out.stdout and "3 seeds packed" in out.stdout
+def test_accelerator_benchmark_smoke(smokes):
+    tmp_path, stdout, _ = _finished(smokes, "accelerator")
+    assert "| train aple/V, C=10, batch 4 |" in stdout and "3 seeds packed" in stdout
     for ratio in ("APLe V / LV (teacher.images=cached)", "CoCoOp batch 4 / (4 x batch 1)",
                   "IVLP 3 packed seeds / (3 x 1 seed)"):
-        assert f"- {ratio}: " in out.stdout, out.stdout
+        assert f"- {ratio}: " in stdout, stdout
     assert os.path.getsize(tmp_path / "r.json") > 0
 
 
 @pytest.mark.slow
-def test_train_step_benchmark_smoke(tmp_path):
-    out = subprocess.run([sys.executable, "benchmarks/train_step.py", "--backbone", "tiny", "--methods", "cocoop,aple",
-                          "--classes", "5", "--batches", "1,2", "--cocoop-pass", "2", "--dtype", "bfloat16",
-                          "--remat", "--repeats", "1", "--budget", "1", "--json", str(tmp_path / "r.json")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "| cocoop | train | 5 | 1 |" in out.stdout and "x of " in out.stdout   # batch 2 against 2 steps at batch 1
+def test_train_step_benchmark_smoke(smokes):
+    tmp_path, stdout, _ = _finished(smokes, "train_step")
+    assert "| cocoop | train | 5 | 1 |" in stdout and "x of " in stdout   # batch 2 against 2 steps at batch 1
     with open(tmp_path / "r.json") as f:
         rows = json.load(f)
     assert [r["batch"] for r in rows] == [1, 2] * 4 and "vs_batch1" in rows[1]   # cocoop, then aple's 3 phases
 
 
 @pytest.mark.slow
-def test_eval_benchmark_smoke(tmp_path):
+def test_eval_benchmark_smoke(smokes):
     """With a loader worker process: its shared memory is released (no resource_tracker warning at exit)."""
-    out = subprocess.run([sys.executable, "benchmarks/eval.py", "--backbone", "tiny", "--batch", "8", "--images", "8",
-                          "--classes", "4", "--workers", "1", "--passes", "1", "--device-input",
-                          "--json", str(tmp_path / "e.json")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "resource_tracker" not in out.stderr and "leaked" not in out.stderr, out.stderr[-3000:]
+    tmp_path, stdout, stderr = _finished(smokes, "eval")
+    assert "resource_tracker" not in stderr and "leaked" not in stderr, stderr[-3000:]
     for row in ("| bare image forward |", "| evaluate, host-generated input", "| evaluate, device-resident input",
                 "| eval step alone, device-resident input"):
-        assert row in out.stdout, out.stdout
-    assert "evaluation (device-resident input) at" in out.stdout
+        assert row in stdout, stdout
+    assert "evaluation (device-resident input) at" in stdout
     with open(tmp_path / "e.json") as f:
         report = json.load(f)
     assert report["num_examples"] == 8 and report["num_classes"] == 4

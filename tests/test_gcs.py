@@ -135,10 +135,11 @@ def _two_processes(gcs_emulator, workdir: str, *args: str) -> dict:
         port = s.getsockname()[1]
     sets = ["--set=dataset.shots=8", "--set=batch_size=8", "--set=eval_batch_size=16", "--set=stage1.epochs=1",
             "--set=stage2.epochs=1", "--set=checkpoint_every_steps=3", "--set=log_every=2"]
+    env = _worker_env(gcs_emulator)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)   # a cache hit in one process only can outwait Gloo's 30 s setup
     procs = [subprocess.Popen([sys.executable, "tests/run_worker.py", workdir, "aple", *sets, *args,
-                               "--distributed", f"127.0.0.1:{port}", "2", str(pid)], cwd=ROOT,
-                              env=_worker_env(gcs_emulator), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for pid in (0, 1)]
+                               "--distributed", f"127.0.0.1:{port}", "2", str(pid)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]

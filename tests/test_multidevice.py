@@ -2,7 +2,6 @@
 
 Each case runs tests/multidevice_worker.py in a subprocess, since the device count is fixed when JAX starts.
 """
-import json
 import os
 import socket
 import subprocess
@@ -11,47 +10,49 @@ import sys
 import numpy as np
 import pytest
 
+from tests.helpers import finish, result_line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 
-def _worker(*args, devices=1, timeout=300):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "tests/multidevice_worker.py", *args], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+def _worker(*args, devices=1, env=None) -> subprocess.Popen:
+    """Starts tests/multidevice_worker.py on `devices` simulated devices (collect with `_results`)."""
+    env = dict(env or os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, "tests/multidevice_worker.py", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _two_processes(mode):
+def _two_processes(mode) -> list[subprocess.Popen]:
+    """Starts the worker as 2 processes of one JAX cluster; process 0 prints the result.
+
+    Run alone, without the session's compilation cache: a process that finds a program cached while the other
+    compiles it can wait past the 30 s of Gloo's context setup."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-    cmd = lambda pid: [sys.executable, "tests/multidevice_worker.py", mode, "--distributed", f"localhost:{port}",
-                       "2", str(pid)]
-    procs = [subprocess.Popen(cmd(pid), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for pid in (0, 1)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    line = next(l for l in outs[0][0].splitlines() if l.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    return [_worker(mode, "--distributed", f"localhost:{port}", "2", str(pid), env=env) for pid in (0, 1)]
+
+
+def _results(*started) -> list[dict]:
+    """The RESULT of each started worker (a 2-process one's from its process 0), all run side by side."""
+    groups = [g if isinstance(g, list) else [g] for g in started]
+    outs = finish([p for g in groups for p in g])
+    firsts = [sum(len(g) for g in groups[:i]) for i in range(len(groups))]
+    return [result_line(outs[i]) for i in firsts]
 
 
 def test_eval_counts_are_exact_on_8_devices_1_device_and_a_numpy_loop():
-    eight = _worker("eval", devices=8)
-    one = _worker("eval", "--devices", "1", devices=8)
-    plain = _worker("numpy")
+    eight, one, plain = _results(_worker("eval", devices=8), _worker("eval", "--devices", "1", devices=8),
+                                 _worker("numpy"))
     assert eight["device_count"] == 8 and eight["num_examples"] == 35
     assert eight["correct"] == one["correct"] == plain["correct"]
     assert eight["per_class"] == one["per_class"]
 
 
 def test_two_processes_evaluate_one_split_between_them():
-    single = _worker("eval")
-    pair = _two_processes("eval")
+    (pair,), (single,) = _results(_two_processes("eval")), _results(_worker("eval"))
     assert pair["device_count"] == 2
     assert (pair["correct"], pair["num_examples"]) == (single["correct"], single["num_examples"])
 
@@ -72,7 +73,7 @@ def _initial_train_prompts() -> dict[str, np.ndarray]:
 
 
 def test_training_on_8_devices_matches_1_device():
-    eight, one = _worker("train", devices=8), _worker("train", "--devices", "1", devices=8)
+    eight, one = _results(_worker("train", devices=8), _worker("train", "--devices", "1", devices=8))
     assert eight["device_count"] == 8
     _assert_same_prompts(eight, one)
     initial = _initial_train_prompts()
@@ -82,14 +83,15 @@ def test_training_on_8_devices_matches_1_device():
 
 
 def test_two_processes_train_together_like_one():
-    _assert_same_prompts(_two_processes("train"), _worker("train"))
+    _assert_same_prompts(*_results(_two_processes("train")), *_results(_worker("train")))
 
 
 def test_cached_teacher_on_8_devices_and_2_processes_matches_1_device():
     """APLe's phase V with `teacher.images=cached`: the cache is built from sharded batches and indexed by them."""
-    one = _worker("train_cached", "--devices", "1", devices=8)
-    _assert_same_prompts(_worker("train_cached", devices=8), one)
-    _assert_same_prompts(_two_processes("train_cached"), one)
+    one, eight = _results(_worker("train_cached", "--devices", "1", devices=8), _worker("train_cached", devices=8))
+    (pair,) = _results(_two_processes("train_cached"))
+    _assert_same_prompts(eight, one)
+    _assert_same_prompts(pair, one)
 
 
 def test_distributed_start_needs_a_coordinator_or_auto(monkeypatch):
