@@ -27,10 +27,12 @@ from aple_jax.data.names import canonical_name
 from aple_jax.errors import AplejaxError, error_boundary
 from aple_jax.prompt_files import flatten_config
 from aple_jax.run import OPERATIONAL_KEYS, hm
+from aple_jax.world.datasets import SUITE as WORLD_SUITE
 from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS
 
 REPORT_KIND = "aple_jax.report"      # marks our aggregate results.json so that a later scan skips it
 BASE2NEW_DATASETS = ("ImageNet",) + CROSS_DATASET_TARGETS
+SUITES = (BASE2NEW_DATASETS, WORLD_SUITE)   # the dataset sets an average is complete over
 REQUIRED_KEYS = ("method", "dataset", "setting", "seed", "shots", "backbone", "tag", "prompt_length", "accuracy",
                  "config")
 # Where data and weights live says nothing about what a run computes: they may differ between seeds.
@@ -254,9 +256,11 @@ def _system(k: GroupKey) -> dict[str, Any]:
 
 
 def base2new_average(per_dataset: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """The field's average: mean Base, mean Novel, HM of those; over the 11 datasets, or flagged incomplete."""
-    complete = all(d in per_dataset for d in BASE2NEW_DATASETS)
-    names = list(BASE2NEW_DATASETS) if complete else list(per_dataset)
+    """The field's average: mean Base, mean Novel, HM of those; over the 11 datasets (the field's, or the world
+    suite's), or flagged incomplete."""
+    suite = next((s for s in SUITES if all(d in per_dataset for d in s)), None)
+    complete = suite is not None
+    names = list(suite) if complete else list(per_dataset)
     base = float(np.mean([per_dataset[d]["base"] for d in names]))
     new = float(np.mean([per_dataset[d]["new"] for d in names]))
     return {"datasets": names, "complete": complete, "base": base, "new": new, "hm": hm(base, new)}
@@ -340,7 +344,7 @@ def base2new_average_table(summary: dict[str, Any], reference: bool) -> str:
     rows = []
     for s in summary["base2new"]:
         a = s["average"]
-        n = "11" if a["complete"] else f"average over {len(a['datasets'])} datasets (incomplete)"
+        n = str(len(a["datasets"])) if a["complete"] else f"average over {len(a['datasets'])} datasets (incomplete)"
         rows.append([label(s["method"], s["tag"]), s["backbone"], s["shots"], n, f"{a['base']:.2f}",
                      f"{a['new']:.2f}", f"{a['hm']:.2f}", "this report"])
     if reference:

@@ -275,3 +275,11 @@ def test_reference_numbers_are_internally_consistent():
     for method, (b, n, h, _) in ref.BASE2NEW_AVERAGE.items():
         if method not in ("RPO", "HPT"):     # as printed in the awesome-list README, HM is off by ~0.2
             assert hm(b, n) == pytest.approx(h, abs=0.01), method
+
+
+def test_the_world_suite_is_a_complete_average():
+    from aple_jax.world import SUITE
+    per_dataset = {d: {"base": 50.0 + i, "new": 40.0} for i, d in enumerate(SUITE)}
+    avg = R.base2new_average(per_dataset)
+    assert avg["complete"] and avg["datasets"] == list(SUITE) and avg["base"] == 55.0
+    assert not R.base2new_average({d: v for d, v in per_dataset.items() if d != "WorldScenes"})["complete"]
