@@ -28,7 +28,8 @@ from aple_jax.errors import AplejaxError, error_boundary
 from aple_jax.prompt_files import flatten_config
 from aple_jax.run import OPERATIONAL_KEYS, hm
 from aple_jax.world.datasets import SUITE as WORLD_SUITE
-from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS
+from configs.common import (CROSS_DATASET_TARGETS, IMAGENET_VARIANTS, WORLD_DG_TARGETS, WORLD_TRANSFER_SOURCE,
+                            WORLD_XD_TARGETS)
 
 REPORT_KIND = "aple_jax.report"      # marks our aggregate results.json so that a later scan skips it
 BASE2NEW_DATASETS = ("ImageNet",) + CROSS_DATASET_TARGETS
@@ -39,6 +40,32 @@ REQUIRED_KEYS = ("method", "dataset", "setting", "seed", "shots", "backbone", "t
 LOCATION_KEYS = ("dataset.root", "backbone.weights", "backbone.tokenizer")
 _TABLE_NAMES = {"OxfordFlowers": "Flowers102", "DescribableTextures": "DTD"}
 _HISTORY_META = ("phase", "epoch", "step")
+
+
+class TransferTable(NamedTuple):
+    """One transfer table of results.md: runs trained on `source`, a column per target, a mean over them or not."""
+    key: str                  # its list in results.json
+    title: str
+    source: str
+    targets: tuple[str, ...]
+    average: bool
+
+
+def _world_names(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(n[len("world:"):] for n in names)
+
+
+# The field's two (protocol.md section 5) and the world's analogues (`:world,xd` and `:world,dg`).
+TRANSFER_TABLES = (
+    TransferTable("cross_dataset", "Cross-dataset: ImageNet (source) -> 10 targets", "ImageNet",
+                  CROSS_DATASET_TARGETS, True),
+    TransferTable("domain_generalization", "Domain generalization: ImageNet (source) -> variants", "ImageNet",
+                  IMAGENET_VARIANTS, False),
+    TransferTable("world_cross_dataset", "World cross-dataset: WorldObjects (source) -> the other families",
+                  _world_names([WORLD_TRANSFER_SOURCE])[0], _world_names(WORLD_XD_TARGETS), True),
+    TransferTable("world_domain_generalization", "World domain generalization: WorldObjects (source) -> its shifts",
+                  _world_names([WORLD_TRANSFER_SOURCE])[0], _world_names(WORLD_DG_TARGETS), True),
+)
 
 
 class ReportError(AplejaxError, ValueError):
@@ -282,16 +309,17 @@ def summarize_base2new(groups: list[Group]) -> list[dict[str, Any]]:
     return out
 
 
-def summarize_transfer(groups: list[Group], targets: Sequence[str], average: bool) -> list[dict[str, Any]]:
-    """Transfer groups evaluated on any of `targets`: the source and per-target seed means (+ plain mean)."""
-    out = []
+def summarize_transfer(groups: list[Group], table: TransferTable) -> list[dict[str, Any]]:
+    """Transfer groups trained on the table's source and evaluated on any of its targets: per-target seed means
+    (+ plain mean)."""
+    targets, out = table.targets, []
     for g in groups:
-        if g.key.setting != "transfer" or not set(targets) & set(g.key.evals):
+        if g.key.setting != "transfer" or g.key.dataset != table.source or not set(targets) & set(g.key.evals):
             continue
         stats = g.stats
         row = {**_system(g.key), "source": g.key.dataset, "seeds": g.seeds,
                "accuracy": {t: dataclasses.asdict(s) for t, s in stats.items()}}
-        if average:
+        if table.average:
             present = [t for t in targets if t in stats]
             row["average"] = {"targets": present, "complete": len(present) == len(targets),
                               "accuracy": float(np.mean([stats[t].mean for t in present]))}
@@ -308,8 +336,7 @@ def summarize(runs_dir: str, groups: list[Group], reference: bool) -> dict[str, 
                     "accuracy": {e: dataclasses.asdict(s) for e, s in g.stats.items()},
                     **({"hm": g.hm} if g.hm is not None else {})} for g in groups],
         "base2new": summarize_base2new(groups),
-        "cross_dataset": summarize_transfer(groups, CROSS_DATASET_TARGETS, average=True),
-        "domain_generalization": summarize_transfer(groups, IMAGENET_VARIANTS, average=False),
+        **{t.key: summarize_transfer(groups, t) for t in TRANSFER_TABLES},
     }
     if reference:
         summary["reference"] = {"base2new_average": ref.BASE2NEW_AVERAGE,
@@ -370,9 +397,9 @@ def base2new_dataset_table(summary: dict[str, Any], reference: bool) -> str:
     return _table(["Dataset", "Method", "Backbone", "Shots", "Seeds", "Base", "Novel", "HM"], rows)
 
 
-def transfer_table(rows_in: list[dict[str, Any]], targets: Sequence[str], references: dict[str, dict[str, float]],
-                   average: bool) -> str:
-    columns = ["ImageNet", *targets]
+def transfer_table(rows_in: list[dict[str, Any]], table: TransferTable,
+                   references: dict[str, dict[str, float]]) -> str:
+    columns, average = [table.source, *table.targets], table.average
     rows = []
     for s in rows_in:
         acc = s["accuracy"]
@@ -403,21 +430,19 @@ def markdown(summary: dict[str, Any], reference: bool) -> str:
              f"{summary['num_runs']} runs in {len(summary['groups'])} groups. Mean ± population std over seeds. "
              "Base-to-novel HM = HM of the seed means; the 11-dataset average takes the mean of per-dataset Base and "
              "of per-dataset Novel, and its HM is the HM of those two means (not the mean of per-dataset HMs). "
-             "Cross-dataset average = plain mean over the 10 targets."]
+             "A cross-dataset average is the plain mean over the targets (the source left out)."]
     if summary["base2new"]:
         parts += ["## Base-to-novel: average over datasets", base2new_average_table(summary, reference),
                   "## Base-to-novel: per dataset" + (f" (reference rows {ref.PER_DATASET_SOURCE})" if reference
                                                      else ""),
                   base2new_dataset_table(summary, reference)]
-    if summary["cross_dataset"]:
-        parts += ["## Cross-dataset: ImageNet (source) -> 10 targets"
-                  + (" (protocol.md holds no reference numbers for this table)" if reference else ""),
-                  transfer_table(summary["cross_dataset"], CROSS_DATASET_TARGETS, {}, average=True)]
-    if summary["domain_generalization"]:
-        parts += ["## Domain generalization: ImageNet (source) -> variants"
-                  + (f" (reference rows {ref.DG_SOURCE})" if reference else ""),
-                  transfer_table(summary["domain_generalization"], IMAGENET_VARIANTS,
-                                 ref.DOMAIN_GENERALIZATION if reference else {}, average=False)]
+    for table in TRANSFER_TABLES:
+        if summary[table.key]:
+            references = ref.DOMAIN_GENERALIZATION if reference and table.key == "domain_generalization" else {}
+            note = {"cross_dataset": " (protocol.md holds no reference numbers for this table)",
+                    "domain_generalization": f" (reference rows {ref.DG_SOURCE})"}.get(table.key, "")
+            parts += [f"## {table.title}" + (note if reference else ""),
+                      transfer_table(summary[table.key], table, references)]
     parts += ["## Every group", groups_table(summary)]
     if summary.get("plots"):
         parts += ["## Plots", "\n".join(f"![{p}]({p})" for p in summary["plots"])]
