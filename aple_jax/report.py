@@ -469,18 +469,38 @@ def plot_base2new_bars(summary: dict[str, Any], path: str) -> None:
     names = sorted({d for s in systems for d in s["datasets"]}, key=_dataset_order) + ["Average"]
     fig, axes = plt.subplots(3, 1, figsize=(max(6.0, 0.9 * len(names) * max(1, len(systems)) ** 0.5), 9),
                              sharex=True)
-    width = 0.8 / len(systems)
-    x = np.arange(len(names))
-    for i, s in enumerate(systems):
-        values = {**s["datasets"], "Average": s["average"]}
-        for ax, metric in zip(axes, ("base", "new", "hm")):
-            ys = [values[d][metric] if d in values else np.nan for d in names]
-            ax.bar(x + (i - (len(systems) - 1) / 2) * width, ys, width, label=_bar_label(s))
-    for ax, title in zip(axes, ("Base accuracy", "Novel accuracy", "HM")):
-        ax.set_ylabel(f"{title} (%)")
-        ax.grid(axis="y", alpha=0.3)
+    for ax, metric, title in zip(axes, ("base", "new", "hm"), ("Base accuracy", "Novel accuracy", "HM")):
+        series = {_bar_label(s): [{**s["datasets"], "Average": s["average"]}.get(d, {}).get(metric, np.nan)
+                                  for d in names] for s in systems}
+        _grouped_bars(ax, names, series, f"{title} (%)")
     axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside, never over, the bars
-    axes[-1].set_xticks(x, names, rotation=45, ha="right")
+    axes[-1].set_xticks(np.arange(len(names)), names, rotation=45, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _grouped_bars(ax, names: Sequence[str], series: dict[str, Sequence[float]], ylabel: str) -> None:
+    """One group of bars per name, one bar per series (NaN: no bar)."""
+    width, x = 0.8 / len(series), np.arange(len(names))
+    for i, (name, ys) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=name)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_transfer_bars(rows: list[dict[str, Any]], table: TransferTable, path: str) -> None:
+    """Grouped bars: accuracy on the source and on each target (plus their mean), one bar per method."""
+    plt = _pyplot()
+    names = [table.source, *table.targets, *(["Average"] if table.average else [])]
+    series = {f"{label(r['method'], r['tag'])} ({r['backbone']}, {r['shots']} shots)":
+              [r["average"]["accuracy"] if n == "Average" else r["accuracy"].get(n, {}).get("mean", np.nan)
+               for n in names] for r in rows}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) * max(1, len(rows)) ** 0.5), 4))
+    _grouped_bars(ax, names, series, "accuracy (%)")
+    ax.set_title(table.title)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -583,6 +603,10 @@ def write_plots(groups: list[Group], summary: dict[str, Any], out_dir: str) -> l
     if summary["base2new"]:
         names.append("base2new_bars.png")
         plot_base2new_bars(summary, os.path.join(out_dir, names[-1]))
+    for table in TRANSFER_TABLES:
+        if summary[table.key]:
+            names.append(f"{table.key}_bars.png")
+            plot_transfer_bars(summary[table.key], table, os.path.join(out_dir, names[-1]))
     for where, by_method in sorted(prompt_length_points(groups, summary).items()):
         names.append(f"prompt_length_{_slug(*where)}.png")
         plot_prompt_length(where, by_method, os.path.join(out_dir, names[-1]))

@@ -167,6 +167,8 @@ def test_pngs_are_written(summary):
     assert "base2new_bars.png" in names
     assert sum(n.startswith("prompt_length_base2new_") for n in names) == 5     # aple 4 vs 8 tokens, 5 datasets
     assert any(n.startswith("history_aple_ViT-B-16_base2new") for n in names)
+    assert "cross_dataset_bars.png" in names and "domain_generalization_bars.png" in names   # the maple transfer runs
+    assert "world_cross_dataset_bars.png" not in names                                     # no world transfer runs
     for name in names:
         data = (out / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000, name
