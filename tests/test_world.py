@@ -128,7 +128,7 @@ def test_suite_is_chosen_by_room():
     assert all(len(SPECS[name.split("-")[0]].classnames) >= 16 for name in SUITE)
     assert sum(rooms[name]["room"] >= 15 for name in SUITE) >= 6
     zero_shot = sorted(rooms[name]["zero_shot"] for name in SUITE)
-    assert zero_shot[0] < 0.05 and zero_shot[-1] > 0.9      # a spectrum: from specialist to generic
+    assert zero_shot[0] < 0.10 and zero_shot[-1] > 0.9      # a spectrum: from specialist to generic
 
 
 def test_world_bpe_is_clip_format(tmp_path):
@@ -243,10 +243,10 @@ def test_shipped_clip_reproduces_its_recorded_zero_shot_accuracy():
 
 # ----------------------------------------------------------------------------------------------- the demo run
 
-# Epochs of each method's recipe under the world preset (x 0.2), and its optimizer steps on WorldScenes-Invert's 24
+# Epochs of each method's recipe under the world preset (x 0.4), and its optimizer steps on WorldScenes-Invert's 24
 # base classes (16 shots: 384 training images); docs/world.md states this table.
-WORLD_SCHEDULE = {"coop": ([40], 480), "cocoop": ([2], 768), "kgcoop": ([20], 60), "maple": ([1], 96),
-                  "ivlp": ([4], 384), "promptsrc": ([4], 384), "aple": ([1, 1, 1], 288)}
+WORLD_SCHEDULE = {"coop": ([80], 960), "cocoop": ([4], 1536), "kgcoop": ([40], 120), "maple": ([2], 192),
+                  "ivlp": ([8], 768), "promptsrc": ([8], 768), "aple": ([2, 2, 2], 576)}
 
 
 @pytest.mark.parametrize("method", sorted(WORLD_SCHEDULE))
@@ -260,14 +260,14 @@ def test_world_preset_keeps_each_recipe_and_scales_every_epoch_count_by_one_fact
 
     module = importlib.import_module(f"configs.{method}")
     world, recipe = module.get_config("world"), module.get_config("dataset=DTD")
-    assert world.dataset.name == "world:WorldScenes-Invert" and world.optim.epoch_scale == WORLD_EPOCH_SCALE == 0.2
+    assert world.dataset.name == "world:WorldScenes-Invert" and world.optim.epoch_scale == WORLD_EPOCH_SCALE == 0.4
     for key in ("batch_size", "optim.lr", "optim.momentum", "optim.weight_decay", "loss_weights", "prompts.text.n_ctx",
                 "prompts.vision.n_ctx", "teacher", "kl", "gpa"):
         assert _field(world, key) == _field(recipe, key), key
     backbone, _, tokenizer = load_backbone("world", WORLD_CLIP_DIR)
     phases = scale_phases(build_method(world, backbone, tokenizer).phases(), world.optim.epoch_scale)
     recipe_epochs = [p.epochs for p in build_method(recipe, backbone, tokenizer).phases()]
-    assert [p.epochs for p in phases] == [round(e * 0.2) for e in recipe_epochs] == WORLD_SCHEDULE[method][0]
+    assert [p.epochs for p in phases] == [round(e * 0.4) for e in recipe_epochs] == WORLD_SCHEDULE[method][0]
     per_epoch = steps_per_epoch(24 * 16, world.batch_size)
     assert sum(p.epochs for p in phases) * per_epoch == WORLD_SCHEDULE[method][1]
 
@@ -306,3 +306,16 @@ def test_readme_demo_beats_zero_shot_on_base_classes(tmp_path):
     assert zs["base"] < 5     # inverted colours: the class names point at the wrong images
     assert aple["accuracy"]["base"] >= zs["base"] + 10.0, (aple["accuracy"], zs)
     assert f"| zero-shot CLIP | WorldScenes-Invert | - | {zs['base']:.2f} |" in out.stdout
+
+
+@pytest.mark.parametrize("shift", ["Tint", "Dim"])
+def test_camera_shifts_keep_the_order_of_every_channel(shift):
+    """A colour cast and dim light move every image the same way and keep each channel's order (Invert reverses it)."""
+    rng = np.random.default_rng(0)
+    images = render(sample_attributes(rng, 4), rng, 64)
+    for name, keeps_order in ((shift, True), ("Invert", False)):
+        out = apply_shift(images, name, rng).astype(int)
+        for c in range(3):
+            x, y = images[..., c].ravel().astype(int), out[..., c].ravel()
+            lower = x[:, None] < x[None, :1000]
+            assert np.all(y[:, None] <= y[None, :1000], where=lower) == keeps_order

@@ -1,9 +1,11 @@
-"""Domain shifts of rendered images, the world's ImageNet-Sketch/-R/-A: sketch, noise, invert, blur, swap."""
+"""Domain shifts of rendered images, the world's ImageNet-Sketch/-R/-A: sketch, noise, invert, blur, swap, and the
+two a camera makes, a colour cast (tint) and dim light."""
 from __future__ import annotations
 
 import numpy as np
 
-SHIFTS = ("Sketch", "Noise", "Invert", "Blur", "Swap")
+SHIFTS = ("Sketch", "Noise", "Invert", "Blur", "Swap", "Tint", "Dim")
+AMBER = np.array([255.0, 190.0, 60.0], np.float32)
 
 
 def _box_blur(x: np.ndarray, radius: int) -> np.ndarray:
@@ -41,6 +43,10 @@ def apply_shift(images: np.ndarray, shift: str, rng: np.random.Generator) -> np.
         out = _box_blur(_box_blur(x, 2), 2)
     elif shift == "Swap":
         out = x[..., [1, 2, 0]]      # R <- G, G <- B, B <- R: red turns blue, blue green, green red
+    elif shift == "Tint":
+        out = 0.4 * x + 0.6 * AMBER     # a strong warm colour cast: every colour pulled towards amber
+    elif shift == "Dim":
+        out = 0.3 * x                   # dim light: the same hues at 30% of the brightness
     else:
         raise ValueError(f"unknown domain shift {shift!r}; expected one of {SHIFTS}")
     return np.clip(out, 0, 255).astype(np.uint8)
