@@ -314,8 +314,7 @@ def test_camera_shifts_keep_the_order_of_every_channel(shift):
     rng = np.random.default_rng(0)
     images = render(sample_attributes(rng, 4), rng, 64)
     for name, keeps_order in ((shift, True), ("Invert", False)):
-        out = apply_shift(images, name, rng).astype(int)
+        out = apply_shift(images, name, rng)
         for c in range(3):
-            x, y = images[..., c].ravel().astype(int), out[..., c].ravel()
-            lower = x[:, None] < x[None, :1000]
-            assert np.all(y[:, None] <= y[None, :1000], where=lower) == keeps_order
+            order = np.argsort(images[..., c].ravel(), kind="stable")
+            assert np.all(np.diff(out[..., c].ravel()[order].astype(int)) >= 0) == keeps_order
