@@ -56,15 +56,16 @@ def _world_names(names: Sequence[str]) -> tuple[str, ...]:
 
 
 # The field's two (protocol.md section 5) and the world's analogues (`:world,xd` and `:world,dg`).
+_WORLD_SOURCE = _world_names([WORLD_TRANSFER_SOURCE])[0]
 TRANSFER_TABLES = (
     TransferTable("cross_dataset", "Cross-dataset: ImageNet (source) -> 10 targets", "ImageNet",
                   CROSS_DATASET_TARGETS, True),
     TransferTable("domain_generalization", "Domain generalization: ImageNet (source) -> variants", "ImageNet",
                   IMAGENET_VARIANTS, False),
-    TransferTable("world_cross_dataset", "World cross-dataset: WorldObjects (source) -> the other families",
-                  _world_names([WORLD_TRANSFER_SOURCE])[0], _world_names(WORLD_XD_TARGETS), True),
-    TransferTable("world_domain_generalization", "World domain generalization: WorldObjects (source) -> its shifts",
-                  _world_names([WORLD_TRANSFER_SOURCE])[0], _world_names(WORLD_DG_TARGETS), True),
+    TransferTable("world_cross_dataset", f"World cross-dataset: {_WORLD_SOURCE} (source) -> the other families",
+                  _WORLD_SOURCE, _world_names(WORLD_XD_TARGETS), True),
+    TransferTable("world_domain_generalization", f"World domain generalization: {_WORLD_SOURCE} (source) -> its classes "
+                  f"under the other shifts", _WORLD_SOURCE, _world_names(WORLD_DG_TARGETS), True),
 )
 
 

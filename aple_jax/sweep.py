@@ -152,7 +152,8 @@ def plan(config_files: Sequence[str], datasets: Sequence[str], seeds: Sequence[i
          overrides: Sequence[str], runs_dir: str, variants: Sequence[str] = ()) -> list[PlannedRun]:
     """Every config x variant x dataset x seed, resolved; no datasets = each config's own dataset.
 
-    Override values may name the run's `{seed}` and `{dataset}`, e.g. eval_only_from=runs/x/seed{seed}. Each
+    Override values may name the run's `{seed}`, `{dataset}` and `{config}` (the config file's stem), e.g.
+    eval_only_from=runs/{config}/transfer-xd/ImageNet/shots_16/seed{seed}. Each
     variant (`NAME:key=value;...`) adds its overrides and the tag NAME to every run it makes.
     """
     runs = []
@@ -164,7 +165,7 @@ def plan(config_files: Sequence[str], datasets: Sequence[str], seeds: Sequence[i
                     arg = ",".join(filter(None, [f"dataset={dataset}" if dataset else "", f"seed={seed}", args]))
                     c = module.get_config(arg)
                     items = tuple(o.replace("{seed}", str(seed)).replace("{dataset}", dataset)
-                                  for o in (*overrides, *variant))
+                                  .replace("{config}", _stem(path)) for o in (*overrides, *variant))
                     for o in items:
                         apply_override(c, o)
                     config_schema.validate(c, check_paths=False)   # the paths may exist only where the runs run
@@ -325,8 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     parser.add_argument("--args", default="", help="more `:arguments` for every run, e.g. data=/DATA,weights=/w")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config field for every run (repeatable), e.g. tag=ctx8; {seed} and {dataset} in "
-                             "the value become the run's")
+                        help="a config field for every run (repeatable), e.g. tag=ctx8; {seed}, {dataset} and "
+                             "{config} (the config file's stem) in the value become the run's")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]",
                         help="run every config as this variant too (repeatable; each is tagged NAME), e.g. "
                              "--variant 'ctx1:prompts.text.n_ctx=1' --variant 'ctx2:prompts.text.n_ctx=2'")

@@ -21,11 +21,14 @@ COMMON_ARGS = dict(dataset="", seed=0, seeds="", shots=-1, backbone="", weights=
 # APLe 5+5+5 -> 3+3+3.
 WORLD_EPOCH_SCALE = 0.6
 WORLD_DEFAULT_DATASET = "world:WorldScenes-Invert"   # the README's demo: room to learn (docs/world.md)
-# `:world,xd` / `:world,dg`: as ImageNet in the field, the world's largest class set is the one source of both.
-WORLD_TRANSFER_SOURCE = "world:WorldObjects"
-WORLD_XD_TARGETS = ("world:WorldScenes", "world:WorldCounts", "world:WorldSizes", "world:WorldPlaces",
-                    "world:WorldShapes", "world:WorldTextures")
-WORLD_DG_TARGETS = tuple(f"world:WorldObjects-{shift}" for shift in ("Sketch", "Noise", "Invert", "Blur", "Swap"))
+# `:world,xd` / `:world,dg`: as ImageNet in the field, one source for both: the suite dataset with the largest class
+# set and, among those, the most room (docs/world.md). Cross-dataset targets: the other families under the same camera
+# shift; domain generalisation: the source's classes clean and under every other shift.
+WORLD_TRANSFER_SOURCE = "world:WorldScenes-Tint"
+WORLD_XD_TARGETS = tuple(f"world:{family}-Tint" for family in ("WorldObjects", "WorldCounts", "WorldSizes",
+                                                               "WorldPlaces", "WorldShapes", "WorldTextures"))
+WORLD_DG_TARGETS = ("world:WorldScenes",) + tuple(f"world:WorldScenes-{shift}"
+                                                  for shift in ("Dim", "Blur", "Noise", "Sketch", "Invert", "Swap"))
 
 
 def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:

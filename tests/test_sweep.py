@@ -52,14 +52,17 @@ def test_tags_transfer_and_overrides_in_dirs(tmp_path):
     source = sweep.plan(["configs/maple.py"], [], [2], "dg", ["eval_only_from=runs/maple/xd/seed{seed}"], "r")[0]
     assert source.config.eval_only_from == "runs/maple/xd/seed2"
     assert source.command().endswith("--config.eval_only_from=runs/maple/xd/seed2")
+    each = sweep.plan(["configs/maple.py", "configs/coop.py"], [], [1], "dg", ["eval_only_from=runs/{config}/s{seed}"], "r")
+    assert [r.config.eval_only_from for r in each] == ["runs/maple/s1", "runs/coop/s1"]
     xd, dg = (sweep.plan(["configs/maple.py"], [], [3], a, [], str(tmp_path))[0] for a in ("xd", "dg"))
     assert xd.workdir == os.path.join(tmp_path, "maple", "transfer-xd", "ImageNet", "shots_16", "seed3")
     assert dg.workdir == os.path.join(tmp_path, "maple", "transfer-dg", "ImageNet", "shots_16", "seed3")
     wxd, wdg = (sweep.plan(["configs/aple.py"], [], [1], a, [], str(tmp_path))[0] for a in ("world,xd", "world,dg"))
-    assert wxd.workdir == os.path.join(tmp_path, "aple", "transfer-xd", "WorldObjects", "shots_16", "seed1")
-    assert wdg.workdir == os.path.join(tmp_path, "aple", "transfer-dg", "WorldObjects", "shots_16", "seed1")
-    assert wdg.config.dataset.eval_datasets[0] == "world:WorldObjects" and len(wdg.config.dataset.eval_datasets) == 6
-    assert wxd.config.backbone.name == "world" and "world:WorldSizes" in wxd.config.dataset.eval_datasets
+    assert wxd.workdir == os.path.join(tmp_path, "aple", "transfer-xd", "WorldScenes-Tint", "shots_16", "seed1")
+    assert wdg.workdir == os.path.join(tmp_path, "aple", "transfer-dg", "WorldScenes-Tint", "shots_16", "seed1")
+    assert wdg.config.dataset.eval_datasets[:2] == ("world:WorldScenes-Tint", "world:WorldScenes")
+    assert len(wdg.config.dataset.eval_datasets) == 8
+    assert wxd.config.backbone.name == "world" and "world:WorldSizes-Tint" in wxd.config.dataset.eval_datasets
 
 
 def test_bad_overrides_and_duplicate_dirs(tmp_path):
