@@ -75,7 +75,8 @@ def _close(iterator: grain.DatasetIterator, workers: bool) -> None:
     iterator.close()
     if workers:
         for obj in gc.get_objects():
-            _unlink(obj)
+            if type(obj) is SharedMemoryArray:   # not isinstance: that reads `__class__`, which some proxies
+                _unlink(obj)                     # (torch.distributed.reduce_op) answer with a FutureWarning
 
 
 class TrainLoader(Iterator[dict[str, jax.Array]]):
