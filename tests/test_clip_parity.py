@@ -18,6 +18,7 @@ from aple_jax.clip.convert_openai import convert  # noqa: E402
 from aple_jax.clip.model import CLIP, CLIPConfig, normalize  # noqa: E402
 from aple_jax.clip.tokenizer import Tokenizer  # noqa: E402
 from aple_jax.clip.weights import CheckpointError, flatten_params, load_clip  # noqa: E402
+from tests.torch_modules import StateDictModule  # noqa: E402
 
 TOL = 1e-5
 PROMPTS = ["a photo of a red triangle.", "itap of my crème brûlée #3", "x", "a blurry photo of the cool toy dog."]
@@ -179,7 +180,7 @@ def test_openai_state_dict_parity_fp16_torchscript_and_converter(tiny, tmp_path)
     assert_parity(ours, torch_features(model, tiny["pixels"], ids), "OpenAI state dict")
 
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
-    script = torch.jit.script(_StateHolder(half))
+    script = torch.jit.script(StateDictModule(half))
     script.save(str(tmp_path / "ViT-tiny.pt"))
     cfg16, params16 = load_clip(str(tmp_path / "ViT-tiny.pt"))
     assert cfg16 == cfg
@@ -208,27 +209,6 @@ def test_other_architecture_pt(tmp_path):
     trunc.write_bytes(open(path, "rb").read()[:100])
     with pytest.raises(CheckpointError, match=r"cannot read PyTorch checkpoint .*trunc\.pt"):
         load_clip(str(trunc))
-
-
-class _StateHolder(torch.nn.Module):
-    """A TorchScript-able module whose state_dict has exactly the given names (stands in for OpenAI's JIT file)."""
-
-    def __init__(self, sd):
-        super().__init__()
-        for name, t in sd.items():
-            mod = self
-            *parents, leaf = name.split(".")
-            for p in parents:
-                if not hasattr(mod, p):
-                    mod.add_module(p, torch.nn.Module())
-                mod = getattr(mod, p)
-            if t.is_floating_point():
-                mod.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
-            else:
-                mod.register_buffer(leaf, t)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 # ------------------------------------------------------------------------------------------------ ViT-B/16

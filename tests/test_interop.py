@@ -20,6 +20,7 @@ from aple_jax.interop.import_prompts import import_checkpoint  # noqa: E402
 from aple_jax.prompt_files import read_leaves, read_prompts_meta  # noqa: E402
 from aple_jax.run import run  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
+from tests.torch_modules import StateDictModule  # noqa: E402
 from tests.test_clip_parity import TINY_TEXT, TINY_VISION, hf_clip, hf_to_openai  # noqa: E402
 
 TINY = get_config("tiny")
@@ -169,7 +170,7 @@ def test_official_checkpoint_imports_leaf_by_leaf_and_round_trips_bit_exact(meth
     saved = torch.load(written, map_location="cpu", weights_only=True)
     assert saved["epoch"] == EPOCHS[method] and set(saved) >= {"state_dict", "optimizer", "scheduler"}
     assert sorted(saved["state_dict"]) == sorted(k for k, _ in EXPECTED[method].values())
-    model = _Holder(sd)
+    model = StateDictModule(sd)
     result = model.load_state_dict(saved["state_dict"], strict=False)
     assert result.unexpected_keys == []
     for key, value in saved["state_dict"].items():
@@ -181,21 +182,6 @@ def test_official_checkpoint_imports_leaf_by_leaf_and_round_trips_bit_exact(meth
     assert sorted(again) == sorted(leaves)
     for k in leaves:
         assert again[k].dtype == leaves[k].dtype and again[k].tobytes() == leaves[k].tobytes(), k
-
-
-class _Holder(torch.nn.Module):
-    """A module whose state_dict has exactly the given names and shapes (stands in for the official model)."""
-
-    def __init__(self, sd):
-        super().__init__()
-        for name, t in sd.items():
-            mod = self
-            *parents, leaf = name.split(".")
-            for p in parents:
-                if not hasattr(mod, p):
-                    mod.add_module(p, torch.nn.Module())
-                mod = getattr(mod, p)
-            mod.register_parameter(leaf, torch.nn.Parameter(torch.zeros_like(t), requires_grad=False))
 
 
 def test_clip_shapes_are_openais_layout(openai_tiny):
