@@ -71,8 +71,7 @@ def _build_setting(config: ml_collections.ConfigDict) -> Setting:
 
 
 def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigDict) -> None:
-    """Writes config.json (process 0 only: every host checks, one writes), or refuses to resume a run directory made
-    by another config."""
+    """Writes config.json, or refuses to resume a run directory made by another config."""
     path = paths.join(workdir, "config.json")
     current = _comparable(config.to_dict())
     if path.exists():
@@ -84,8 +83,7 @@ def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigD
             raise ConfigError(f"run directory {workdir} was made by another config ({details})",
                               hint="use a new --workdir, or the same config to resume")
         return
-    if jax.process_index() == 0:
-        paths.write_json_atomic(path, json.loads(config.to_json()))
+    paths.write_json_atomic(path, json.loads(config.to_json()))
 
 
 def _comparable(tree: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from aple_jax.data import build_dataset
 from aple_jax.data.errors import BadImageError, EmptySplitError, SplitFormatError
 from aple_jax.data.fake_trees import jpeg_bytes, write_coop_tree
 from aple_jax.data.image_files import decode_image, to_rgb
-from aple_jax.errors import CheckpointError, ConfigError, WeightsError
+from aple_jax.errors import CheckpointError, WeightsError
 from aple_jax.methods import build_method
 from aple_jax.run import check_workdir_config
 from aple_jax.world import WORLD_CLIP_DIR
@@ -268,16 +268,3 @@ def test_a_stale_cache_is_resampled_and_an_unmarked_one_is_read_as_it_is(tmp_pat
     json.dump(cached, open(path, "w"))                       # a cache without a fingerprint (CoOp users' files)
     assert build_dataset("eurosat", root, shots=2, seed=1, cache_dir=str(tmp_path / "c")).train.records == \
         a.train.records[::-1]
-
-
-def test_only_process_0_writes_the_run_config_and_every_host_checks_it(tmp_path, monkeypatch):
-    config = tiny_config("coop", arg="tiny")
-    monkeypatch.setattr(jax, "process_index", lambda: 1)
-    check_workdir_config(str(tmp_path), config)
-    assert not (tmp_path / "config.json").exists()
-    monkeypatch.setattr(jax, "process_index", lambda: 0)
-    check_workdir_config(str(tmp_path), config)
-    assert json.loads((tmp_path / "config.json").read_text())["optim"]["lr"] == config.optim.lr
-    monkeypatch.setattr(jax, "process_index", lambda: 1)
-    with pytest.raises(ConfigError, match="was made by another config"):
-        check_workdir_config(str(tmp_path), tiny_config("coop", optim__lr=0.5))
