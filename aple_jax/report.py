@@ -64,8 +64,9 @@ TRANSFER_TABLES = (
                   IMAGENET_VARIANTS, False),
     TransferTable("world_cross_dataset", f"World cross-dataset: {_WORLD_SOURCE} (source) -> the other families",
                   _WORLD_SOURCE, _world_names(WORLD_XD_TARGETS), True),
-    TransferTable("world_domain_generalization", f"World domain generalization: {_WORLD_SOURCE} (source) -> its classes "
-                  f"under the other shifts", _WORLD_SOURCE, _world_names(WORLD_DG_TARGETS), True),
+    TransferTable("world_domain_generalization",
+                  f"World domain generalization: {_WORLD_SOURCE} (source) -> its classes under the other shifts",
+                  _WORLD_SOURCE, _world_names(WORLD_DG_TARGETS), True),
 )
 
 

@@ -52,7 +52,8 @@ def test_tags_transfer_and_overrides_in_dirs(tmp_path):
     source = sweep.plan(["configs/maple.py"], [], [2], "dg", ["eval_only_from=runs/maple/xd/seed{seed}"], "r")[0]
     assert source.config.eval_only_from == "runs/maple/xd/seed2"
     assert source.command().endswith("--config.eval_only_from=runs/maple/xd/seed2")
-    each = sweep.plan(["configs/maple.py", "configs/coop.py"], [], [1], "dg", ["eval_only_from=runs/{config}/s{seed}"], "r")
+    each = sweep.plan(["configs/maple.py", "configs/coop.py"], [], [1], "dg", ["eval_only_from=runs/{config}/s{seed}"],
+                      "r")
     assert [r.config.eval_only_from for r in each] == ["runs/maple/s1", "runs/coop/s1"]
     xd, dg = (sweep.plan(["configs/maple.py"], [], [3], a, [], str(tmp_path))[0] for a in ("xd", "dg"))
     assert xd.workdir == os.path.join(tmp_path, "maple", "transfer-xd", "ImageNet", "shots_16", "seed3")
