@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
 import dataclasses
 import importlib.util
+import multiprocessing
 import os
 import shlex
 import sys
@@ -205,40 +207,119 @@ def seed_groups(runs: list[PlannedRun], pack_seeds: bool) -> list[list[PlannedRu
     return list(groups.values())
 
 
-def execute(runs: list[PlannedRun], dry_run: bool, stop_on_error: bool = False,
-            pack_seeds: bool = False) -> list[tuple[PlannedRun, str]]:
-    """Runs the sweep in this process, one run (or one group of packed seeds) after another, skipping finished
-    ones; returns the failed runs with their errors. With `stop_on_error` the first failure is raised instead."""
+def execute(runs: list[PlannedRun], dry_run: bool, stop_on_error: bool = False, pack_seeds: bool = False,
+            jobs: int = 1) -> list[tuple[PlannedRun, str]]:
+    """Runs the sweep, one run (or one group of packed seeds) after another in this process, or `jobs` at a time
+    in child processes; skips finished ones and returns the failed runs with their errors. With `stop_on_error`
+    the first failure is raised instead."""
+    cores = core_sets(jobs, stop_on_error)
     groups = seed_groups(runs, pack_seeds)
-    todo = sum(any(not r.finished for r in g) for g in groups)
-    start, done, ran, failed = time.monotonic(), 0, 0, []
+    todo = []
     for i, group in enumerate(groups, 1):
         where, name = f"{i}/{len(groups)}", _group_name(group)
         if all(r.finished for r in group):
             print(f"[{where}] skip {name}: results.json exists (finished)", flush=True)
-            continue
-        if dry_run:
+        elif dry_run:
             print(f"[{where}] would run {name}", flush=True)
-            continue
-        print(f"[{where}] run {name} ({_clock(start, done, todo)})", flush=True)
-        t0 = time.monotonic()
-        pending = [r for r in group if not r.finished]
-        results, error = run_logged(group, where)
-        done, ran = done + 1, ran + len(pending)
-        took = format_duration(time.monotonic() - t0)
+        else:
+            todo.append((where, group))
+    if dry_run:
+        return []
+    tally = Tally(len(todo))
+    if jobs == 1:
+        for where, group in todo:
+            tally.started(where, group)
+            results, error = run_logged(group, where)
+            if error is not None and stop_on_error:
+                raise error
+            tally.ended(where, group, results, None if error is None else _one_line(error))
+    else:
+        run_parallel(todo, cores, tally)
+    print_summary(runs, tally.ran, tally.failed, time.monotonic() - tally.start)
+    return tally.failed
+
+
+class Tally:
+    """The sweep's progress lines: each unit of work started and ended, elapsed time, ETA, and the failures."""
+
+    def __init__(self, todo: int):
+        self.todo, self.start, self.done, self.ran = todo, time.monotonic(), 0, 0
+        self.failed: list[tuple[PlannedRun, str]] = []
+        self._began: dict[str, tuple[float, list[PlannedRun]]] = {}
+
+    def started(self, where: str, group: list[PlannedRun], note: str = "") -> None:
+        self._began[where] = time.monotonic(), [r for r in group if not r.finished]
+        print(f"[{where}] run {_group_name(group)}{note} ({_clock(self.start, self.done, self.todo)})", flush=True)
+
+    def ended(self, where: str, group: list[PlannedRun], results: Any, error: str | None) -> None:
+        began, pending = self._began.pop(where)
+        self.done, self.ran = self.done + 1, self.ran + len(pending)
+        took = format_duration(time.monotonic() - began)
         if error is None:
             print(format_run(results), flush=True)
-            print(f"[{where}] finished {name} in {took} ({_clock(start, done, todo)})", flush=True)
-            continue
-        if stop_on_error:
-            raise error
-        message = f"{type(error).__name__}: {error}".splitlines()[0]
-        failed += [(r, message) for r in pending]
-        print(f"[{where}] FAILED {name} after {took}: {message} (its train.log holds the traceback; "
-              f"{_clock(start, done, todo)})", flush=True)
-    if not dry_run:
-        print_summary(runs, ran, failed, time.monotonic() - start)
-    return failed
+            print(f"[{where}] finished {_group_name(group)} in {took} ({_clock(self.start, self.done, self.todo)})",
+                  flush=True)
+            return
+        self.failed += [(r, error) for r in pending]
+        print(f"[{where}] FAILED {_group_name(group)} after {took}: {error} (its train.log holds the traceback; "
+              f"{_clock(self.start, self.done, self.todo)})", flush=True)
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def core_sets(jobs: int, stop_on_error: bool = False) -> list[tuple[int, ...]]:
+    """This process's CPU cores dealt into `jobs` disjoint sets, one per parallel job (empty sets where the system
+    cannot pin a process to cores)."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: expected a number of parallel runs >= 1")
+    if jobs > 1 and stop_on_error:
+        raise ConfigError(f"--stop-on-error shows a failing run's traceback here, so it runs one run at a time; "
+                          f"drop --jobs {jobs} or --stop-on-error")
+    if not hasattr(os, "sched_getaffinity"):
+        return [()] * jobs
+    cores = sorted(os.sched_getaffinity(0))
+    if jobs > len(cores):
+        raise ConfigError(f"--jobs {jobs}: this process may use {len(cores)} CPU cores; expected at most "
+                          f"{len(cores)} parallel runs (each gets cores of its own)")
+    return [tuple(cores[i::jobs]) for i in range(jobs)]
+
+
+def run_parallel(todo: list[tuple[str, list[PlannedRun]]], cores: list[tuple[int, ...]], tally: Tally) -> None:
+    """Runs the units of `todo` as many at a time as there are core sets, each in a fresh child process pinned to
+    one set, whose output goes to its runs' train.log only (the parent prints the start, result and end lines)."""
+    context = multiprocessing.get_context("spawn")   # a fresh interpreter: JAX must not be forked
+    free, queue = list(cores), list(todo)
+    running: dict[concurrent.futures.Future, tuple[str, list[PlannedRun], tuple[int, ...], Any]] = {}
+    while queue or running:
+        while queue and free:
+            (where, group), job_cores = queue.pop(0), free.pop(0)
+            pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+            tally.started(where, group, f" on cores {','.join(map(str, job_cores))}" if job_cores else "")
+            running[pool.submit(run_in_child, group, where, job_cores)] = (where, group, job_cores, pool)
+        finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in finished:
+            where, group, job_cores, pool = running.pop(future)
+            pool.shutdown()
+            free.append(job_cores)
+            try:
+                results, error = future.result()
+            except Exception as e:   # noqa: BLE001 -- the child died (e.g. killed for memory): a failed run
+                results, error = None, f"the run's process ended abnormally ({_one_line(e)})"
+            tally.ended(where, group, results, error)
+
+
+def run_in_child(group: list[PlannedRun], where: str, cores: tuple[int, ...]) -> tuple[Any, str | None]:
+    """A parallel job's body, in its child process: pinned to `cores`, its terminal output silenced (train.log
+    keeps it), the run logged as in a serial sweep; returns its results or its error's first line."""
+    if cores:
+        os.sched_setaffinity(0, cores)   # before JAX starts: XLA sizes its thread pools by the cores it may use
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    results, error = run_logged(group, where, f"on CPU cores {list(cores)}" if cores else "")
+    return results, None if error is None else _one_line(error)
 
 
 def _group_name(group: list[PlannedRun]) -> str:
@@ -247,7 +328,7 @@ def _group_name(group: list[PlannedRun]) -> str:
     return f"{os.path.dirname(group[0].workdir)}/seed{{{','.join(str(r.config.seed) for r in group)}}}"
 
 
-def run_logged(group: list[PlannedRun], where: str) -> tuple[Any, Exception | None]:
+def run_logged(group: list[PlannedRun], where: str, note: str = "") -> tuple[Any, Exception | None]:
     """One run (or packed seeds) with its whole output (and the traceback of a failure) copied to `train.log` in
     each run directory, appended to the logs of earlier attempts; the log is written at the end, so the directory
     may be a bucket."""
@@ -256,7 +337,8 @@ def run_logged(group: list[PlannedRun], where: str) -> tuple[Any, Exception | No
     with tee_output() as captured:
         try:
             for r in group:
-                captured.append(f"sweep run {where} ({time.strftime('%Y-%m-%d %H:%M:%S')}): {r.command()}\n")
+                captured.append(f"sweep run {where} ({time.strftime('%Y-%m-%d %H:%M:%S')}"
+                                f"{', ' + note if note else ''}): {r.command()}\n")
             try:
                 if len(group) == 1:
                     results = run(group[0].config, group[0].workdir)
@@ -339,10 +421,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pack-seeds", action="store_true",
                         help="train the seeds of each config x dataset together in one program (one compilation, "
                              "the frozen CLIP shared); each seed keeps its own run directory and results")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs (or groups of packed seeds) at a time, each in its own process pinned to its "
+                             "share of the CPU cores (default 1: one after another in this process); for CPU "
+                             "hosts, where small models use one core each better than two")
     parser.add_argument("--stop-on-error", action="store_true",
                         help="stop at the first failing run with its traceback (default: go on, list failures)")
     a = parser.parse_args(argv)
     with error_boundary():
+        core_sets(a.jobs, a.stop_on_error)
         seeds = parse_seeds(a.seeds)
         runs = plan([p for p in a.configs.split(",") if p], expand_datasets(a.datasets), seeds, a.args, a.override,
                     a.runs_dir, a.variant)
@@ -352,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.print_commands:
             print_commands(runs)
             return 0
-        return 1 if execute(runs, a.dry_run, a.stop_on_error, a.pack_seeds) else 0
+        return 1 if execute(runs, a.dry_run, a.stop_on_error, a.pack_seeds, a.jobs) else 0
 
 
 if __name__ == "__main__":

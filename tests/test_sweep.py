@@ -178,6 +178,30 @@ def test_packed_seeds_sweep_writes_each_seed_and_skips_when_done(tmp_path, capsy
     assert f"[1/1] skip {parent}/seed{{1,2}}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two parallel jobs need two CPU cores")
+def test_parallel_jobs_run_on_cores_of_their_own_and_report_failures(tmp_path, capsys):
+    argv = ["--configs", "configs/zeroshot.py,configs/ivlp.py", "--args", "tiny", "--seeds", "1,2", "--pack-seeds",
+            "--override", "optim.epochs=1", "--runs-dir", str(tmp_path), "--jobs", "2"]
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "sweep: 4 finished, 0 skipped" in out and "| ivlp | Synthetic | 2 |" in out
+    cores = {}
+    for config in ("zeroshot", "ivlp"):
+        for seed in (1, 2):
+            run = os.path.join(tmp_path, config, "base2new", "Synthetic", "shots_16", f"seed{seed}")
+            with open(os.path.join(run, "results.json")) as f:
+                assert json.load(f)["seed"] == seed
+            with open(os.path.join(run, "train.log")) as f:
+                cores[config] = f.readline().split("on CPU cores ")[1].split("]")[0]
+    assert cores["zeroshot"] != cores["ivlp"]   # the two jobs ran side by side, each pinned to its own core set
+    broken = ["--configs", "configs/zeroshot.py", "--args", "tiny,weights=/nonexistent/w.npz", "--seeds", "1",
+              "--runs-dir", str(tmp_path / "broken"), "--jobs", "2"]
+    assert sweep.main(broken) == 1   # a run failing in its child process is listed, as in a serial sweep
+    failed = capsys.readouterr().out
+    assert "1 failed" in failed and "FAILED" in failed and "w.npz' does not exist" in failed
+
+
 def test_variants_tag_their_runs_and_apply_their_overrides(tmp_path):
     runs = sweep.plan(["configs/aple.py"], ["DTD"], [1, 2], "", ["optim.lr=0.01"], str(tmp_path),
                       ["ctx1:prompts.text.n_ctx=1;prompts.vision.n_ctx=1", "noadapter:adapter.enabled=false", "as_is:"])
