@@ -243,10 +243,10 @@ def test_shipped_clip_reproduces_its_recorded_zero_shot_accuracy():
 
 # ----------------------------------------------------------------------------------------------- the demo run
 
-# Epochs of each method's recipe under the world preset (x 0.6), and its optimizer steps on WorldScenes-Invert's 24
-# base classes (16 shots: 384 training images); docs/world.md states this table.
-WORLD_SCHEDULE = {"coop": ([120], 1440), "cocoop": ([6], 2304), "kgcoop": ([60], 180), "maple": ([3], 288),
-                  "ivlp": ([12], 1152), "promptsrc": ([12], 1152), "aple": ([3, 3, 3], 864)}
+# Epochs of each method's recipe under the world preset (x 1.0: its own), and its optimizer steps on
+# WorldScenes-Invert's 24 base classes (16 shots: 384 training images); docs/world.md states this table.
+WORLD_SCHEDULE = {"coop": ([200], 2400), "cocoop": ([10], 3840), "kgcoop": ([100], 300), "maple": ([5], 480),
+                  "ivlp": ([20], 1920), "promptsrc": ([20], 1920), "aple": ([5, 5, 5], 1440)}
 
 
 @pytest.mark.parametrize("method", sorted(WORLD_SCHEDULE))
@@ -260,14 +260,15 @@ def test_world_preset_keeps_each_recipe_and_scales_every_epoch_count_by_one_fact
 
     module = importlib.import_module(f"configs.{method}")
     world, recipe = module.get_config("world"), module.get_config("dataset=DTD")
-    assert world.dataset.name == "world:WorldScenes-Invert" and world.optim.epoch_scale == WORLD_EPOCH_SCALE == 0.6
+    assert world.dataset.name == "world:WorldScenes-Invert" and world.optim.epoch_scale == WORLD_EPOCH_SCALE == 1.0
     for key in ("batch_size", "optim.lr", "optim.momentum", "optim.weight_decay", "loss_weights", "prompts.text.n_ctx",
                 "prompts.vision.n_ctx", "teacher", "kl", "gpa"):
         assert _field(world, key) == _field(recipe, key), key
     backbone, _, tokenizer = load_backbone("world", WORLD_CLIP_DIR)
     phases = scale_phases(build_method(world, backbone, tokenizer).phases(), world.optim.epoch_scale)
     recipe_epochs = [p.epochs for p in build_method(recipe, backbone, tokenizer).phases()]
-    assert [p.epochs for p in phases] == [round(e * 0.6) for e in recipe_epochs] == WORLD_SCHEDULE[method][0]
+    assert [p.epochs for p in phases] == [round(e * WORLD_EPOCH_SCALE) for e in recipe_epochs]
+    assert [p.epochs for p in phases] == WORLD_SCHEDULE[method][0]
     per_epoch = steps_per_epoch(24 * 16, world.batch_size)
     assert sum(p.epochs for p in phases) * per_epoch == WORLD_SCHEDULE[method][1]
 
