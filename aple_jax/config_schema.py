@@ -66,6 +66,7 @@ RANGES: dict[str, tuple[Check, str]] = {
     "batch_size": (_int_at_least(1), "an integer >= 1"),
     "eval_batch_size": (_int_at_least(1), "an integer >= 1"),
     "log_every": (_int_at_least(1), "an integer >= 1"),
+    "curve_points": (_int_at_least(0), "an integer >= 0 (0: no curve, evaluate at the end only)"),
     "checkpoint_every_steps": (_int_at_least(0), "an integer >= 0 (0: at epoch ends only)"),
     "dataset.shots": (_int_at_least(0), "an integer >= 1, or 0 for the full training set"),
     "dataset.num_workers": (_int_at_least(0), "an integer >= 0"),

@@ -573,6 +573,17 @@ def mean_history(group: Group) -> list[dict[str, Any]]:
     return out
 
 
+def history_epochs(hist: list[dict[str, Any]]) -> list[int]:
+    """Each evaluation's epoch counted over all phases (a phase's last epoch is always evaluated, so its last entry
+    says how many epochs it had)."""
+    out, offset = [], 0
+    for i, h in enumerate(hist):
+        out.append(offset + h["epoch"])
+        if i + 1 < len(hist) and hist[i + 1]["phase"] != h["phase"]:
+            offset += h["epoch"]
+    return out
+
+
 def plot_history(title: str, histories: dict[str, list[dict[str, Any]]], path: str) -> None:
     """Accuracy of each eval against the epoch (counted over all phases), one panel per dataset."""
     plt = _pyplot()
@@ -581,12 +592,12 @@ def plot_history(title: str, histories: dict[str, list[dict[str, Any]]], path: s
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax, (dataset, hist) in zip(axes.flat, histories.items()):
-        x = np.arange(1, len(hist) + 1)
+        x = history_epochs(hist)
         for e in [k for k in hist[0] if k not in _HISTORY_META]:
             ax.plot(x, [h[e] for h in hist], marker=".", label=e)
         for i in range(1, len(hist)):
             if hist[i]["phase"] != hist[i - 1]["phase"]:
-                ax.axvline(i + 0.5, color="grey", linestyle=":")
+                ax.axvline(x[i - 1] + 0.5, color="grey", linestyle=":")
         ax.set_title(f"{dataset} (phases {' > '.join(dict.fromkeys(h['phase'] for h in hist))})", fontsize="small")
         ax.set_xlabel("epoch (all phases)")
         ax.set_ylabel("accuracy (%)")

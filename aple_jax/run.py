@@ -21,7 +21,7 @@ from aple_jax.methods.zeroshot import ZeroShot, template_text_features
 from aple_jax.metrics import MetricWriter
 
 # Keys that change how a run executes but not what it computes: they may differ when a run resumes.
-OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "eval_every_epoch", "distributed",
+OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "curve_points", "distributed",
                     "checkpoint_every_steps", "eval_only_from", "pack_seeds", "progress_every_seconds")
 
 
@@ -270,13 +270,23 @@ def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.See
     writer = MetricWriter(job.workdir, sum(p.epochs for p in phases) * per_epoch, progress=config.progress,
                           progress_every_seconds=config.progress_every_seconds)
 
+    curve = {p.name: curve_epochs(p.epochs, config.curve_points) for p in phases}
+
     def on_epoch_end(phase: str, epoch: int, prompts: Any, step: int) -> None:
-        if config.eval_every_epoch:
+        if epoch in curve[phase]:
             accs = {k: v["accuracy"] for k, v in evaluate_all(job, prompts).items()}
             job.history.append({"phase": phase, "epoch": epoch, "step": step, **accs})
             writer.write(step, {"phase": "eval", **{f"{k}_accuracy": v for k, v in accs.items()}})
 
     return train.SeedRun(make_loader, checkpoint.RunCheckpoints(job.workdir), writer, on_epoch_end)
+
+
+def curve_epochs(epochs: int, points: int) -> set[int]:
+    """The epochs (from 1) after which an overfitting curve evaluates: every ceil(epochs / points)-th and the last."""
+    if points <= 0:
+        return set()
+    stride = -(-epochs // points)
+    return set(range(stride, epochs + 1, stride)) | {epochs}
 
 
 def check_trained_run(source: str, config: ml_collections.ConfigDict, setting: Setting) -> None:

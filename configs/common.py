@@ -87,7 +87,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.eval_batch_size = 100
     c.log_every = 10
     c.checkpoint_every_steps = 0
-    c.eval_every_epoch = False
+    # Overfitting curves: evaluate after N evenly spaced epochs of each phase, its last included (every epoch when N
+    # >= its epochs), into results.json's `history`; 0: evaluate at the end only.
+    c.curve_points = 0
     c.eval_only_from = ""
     c.progress = True
     c.progress_every_seconds = 30.0   # without a terminal: a plain progress line this often (and at epoch ends)

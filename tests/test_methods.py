@@ -88,7 +88,7 @@ def test_gpa_aggregate_is_the_weighted_average_of_epoch_prompts(tmp_path):
     from aple_jax.prompt_files import read_prompts
     from aple_jax.run import run
     config = tiny_config("promptsrc", optim__epochs=3, gpa__mean=2.0, gpa__std=1.0, dataset__shots=4,
-                         batch_size=8, eval_every_epoch=False)
+                         batch_size=8, curve_points=0)
     epochs = []
     from aple_jax import train as T
     original = T.accumulate_gpa

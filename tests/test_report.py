@@ -182,6 +182,12 @@ def test_mean_history_over_seeds(runs):
     assert hist[2]["base"] == pytest.approx(54.0) and hist[2]["new"] == pytest.approx(40.0)
 
 
+def test_history_epochs_count_over_phases():
+    assert R.history_epochs(history(1)) == [1, 2, 3, 4]
+    strided = [{"phase": "LV", "epoch": 10}, {"phase": "LV", "epoch": 20}, {"phase": "Stage2", "epoch": 5}]
+    assert R.history_epochs(strided) == [10, 20, 25]
+
+
 def test_report_into_runs_dir_skips_its_own_aggregate(tmp_path):
     for s in SEEDS:
         write_run(tmp_path, "aple", "DTD", s, {"base": 80.0 + s, "new": 60.0})
