@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import shlex
 import sys
+import tempfile
 import time
 import traceback
 from types import ModuleType
@@ -288,36 +289,47 @@ def core_sets(jobs: int, stop_on_error: bool = False) -> list[tuple[int, ...]]:
 
 def run_parallel(todo: list[tuple[str, list[PlannedRun]]], cores: list[tuple[int, ...]], tally: Tally) -> None:
     """Runs the units of `todo` as many at a time as there are core sets, each in a fresh child process pinned to
-    one set, whose output goes to its runs' train.log only (the parent prints the start, result and end lines)."""
+    one set. The parent prints the start, result and end lines; a job's own output goes to a live log on local
+    disk while it runs (named in its start line, for `tail -f`) and to its runs' train.log at the end."""
     context = multiprocessing.get_context("spawn")   # a fresh interpreter: JAX must not be forked
     free, queue = list(cores), list(todo)
     running: dict[concurrent.futures.Future, tuple[str, list[PlannedRun], tuple[int, ...], Any]] = {}
-    while queue or running:
-        while queue and free:
-            (where, group), job_cores = queue.pop(0), free.pop(0)
-            pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
-            tally.started(where, group, f" on cores {','.join(map(str, job_cores))}" if job_cores else "")
-            running[pool.submit(run_in_child, group, where, job_cores)] = (where, group, job_cores, pool)
-        finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-        for future in finished:
-            where, group, job_cores, pool = running.pop(future)
-            pool.shutdown()
-            free.append(job_cores)
-            try:
-                results, error = future.result()
-            except Exception as e:   # noqa: BLE001 -- the child died (e.g. killed for memory): a failed run
-                results, error = None, f"the run's process ended abnormally ({_one_line(e)})"
-            tally.ended(where, group, results, error)
+    with tempfile.TemporaryDirectory(prefix="aple_jax_sweep_") as live_dir:
+        while queue or running:
+            while queue and free:
+                (where, group), job_cores = queue.pop(0), free.pop(0)
+                live_log = os.path.join(live_dir, f"job{where.split('/')[0]}.log")
+                on = f" on cores {','.join(map(str, job_cores))}" if job_cores else ""
+                tally.started(where, group, f"{on} (live output: {live_log})")
+                pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+                future = pool.submit(run_in_child, group, where, job_cores, live_log)
+                running[future] = (where, group, job_cores, pool)
+            _collect(running, free, tally)
 
 
-def run_in_child(group: list[PlannedRun], where: str, cores: tuple[int, ...]) -> tuple[Any, str | None]:
-    """A parallel job's body, in its child process: pinned to `cores`, its terminal output silenced (train.log
-    keeps it), the run logged as in a serial sweep; returns its results or its error's first line."""
+def _collect(running: dict[concurrent.futures.Future, tuple], free: list[tuple[int, ...]], tally: Tally) -> None:
+    """Waits for at least one running job to end, reports it and frees its cores."""
+    finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+    for future in finished:
+        where, group, job_cores, pool = running.pop(future)
+        pool.shutdown()
+        free.append(job_cores)
+        try:
+            results, error = future.result()
+        except Exception as e:   # noqa: BLE001 -- the child died (e.g. killed for memory): a failed run
+            results, error = None, f"the run's process ended abnormally ({_one_line(e)})"
+        tally.ended(where, group, results, error)
+
+
+def run_in_child(group: list[PlannedRun], where: str, cores: tuple[int, ...],
+                 live_log: str) -> tuple[Any, str | None]:
+    """A parallel job's body, in its child process: pinned to `cores`, its output into `live_log` instead of the
+    terminal, the run logged as in a serial sweep; returns its results or its error's first line."""
     if cores:
         os.sched_setaffinity(0, cores)   # before JAX starts: XLA sizes its thread pools by the cores it may use
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
+    live = os.open(live_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(live, 1)
+    os.dup2(live, 2)
     results, error = run_logged(group, where, f"on CPU cores {list(cores)}" if cores else "")
     return results, None if error is None else _one_line(error)
 

@@ -186,6 +186,7 @@ def test_parallel_jobs_run_on_cores_of_their_own_and_report_failures(tmp_path, c
     assert sweep.main(argv) == 0
     out = capsys.readouterr().out
     assert "sweep: 4 finished, 0 skipped" in out and "| ivlp | Synthetic | 2 |" in out
+    assert out.count("(live output: ") == 2   # each job's output while it runs, for tail -f
     cores = {}
     for config in ("zeroshot", "ivlp"):
         for seed in (1, 2):
