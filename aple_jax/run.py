@@ -21,8 +21,9 @@ from aple_jax.methods.zeroshot import ZeroShot, template_text_features
 from aple_jax.metrics import MetricWriter
 
 # Keys that change how a run executes but not what it computes: they may differ when a run resumes.
-OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "curve_points", "distributed",
-                    "checkpoint_every_steps", "eval_only_from", "pack_seeds", "progress_every_seconds")
+# (eval_every_epoch is curve_points' former name: run directories whose config.json still holds it resume.)
+OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "curve_points", "eval_every_epoch",
+                    "distributed", "checkpoint_every_steps", "eval_only_from", "pack_seeds", "progress_every_seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +71,9 @@ def _build_setting(config: ml_collections.ConfigDict) -> Setting:
     raise ConfigError(f"setting={config.setting!r}; expected 'base2new', 'all' or 'transfer'")
 
 
-def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigDict) -> None:
-    """Writes config.json, or refuses to resume a run directory made by another config."""
+def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigDict, write: bool = True) -> None:
+    """Writes config.json (if `write`: process 0 of a multi-host run), or refuses to resume a run directory made
+    by another config."""
     path = paths.join(workdir, "config.json")
     current = _comparable(config.to_dict())
     if path.exists():
@@ -83,7 +85,8 @@ def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigD
             raise ConfigError(f"run directory {workdir} was made by another config ({details})",
                               hint="use a new --workdir, or the same config to resume")
         return
-    paths.write_json_atomic(path, json.loads(config.to_json()))
+    if write:
+        paths.write_json_atomic(path, json.loads(config.to_json()))
 
 
 def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
@@ -144,11 +147,14 @@ class SeedJob:
 
 def run_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]], stop_at_step: int | None = None) -> list[Any]:
     """Runs configs that differ only in their seed (one program for all when training), skipping finished ones."""
+    dist = jobs[0][0].distributed
+    sharding.maybe_initialize_distributed(dist.coordinator or None, dist.num_processes or None,
+                                          dist.process_id if dist.process_id >= 0 else None, dist.get("auto", False))
     results: dict[str, Any] = {}
     pending = []
     for config, workdir in jobs:
         paths.make_dirs(workdir)
-        check_workdir_config(workdir, config)
+        check_workdir_config(workdir, config, write=jax.process_index() == 0)
         path = paths.join(workdir, "results.json")
         if path.exists():
             results[workdir] = paths.read_json(path, hint=f"delete {path} to evaluate the run again")
@@ -161,9 +167,6 @@ def run_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]], stop_at_step: i
 
 def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     config = pending[0][0]
-    dist = config.distributed
-    sharding.maybe_initialize_distributed(dist.coordinator or None, dist.num_processes or None,
-                                          dist.process_id if dist.process_id >= 0 else None, dist.get("auto", False))
     devices = sharding.data_devices(config.batch_size)
     mesh = sharding.make_mesh(devices)
     note = sharding.describe_data_devices(devices, config.batch_size)

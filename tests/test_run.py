@@ -10,7 +10,7 @@ from aple_jax import checkpoint, evaluate, train
 from aple_jax import prompts as P
 from aple_jax.data.pipeline import eval_loader
 from aple_jax.prompt_files import PROMPTS_META_KEY
-from aple_jax.run import build_setting, run
+from aple_jax.run import build_setting, check_workdir_config, run
 from tests.helpers import tiny_config
 
 SMALL = dict(dataset__shots=8, batch_size=8, eval_batch_size=16, stage1__epochs=1, stage2__epochs=1,
@@ -131,6 +131,16 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     run(tiny_config("zeroshot"), str(tmp_path))
     with pytest.raises(ValueError, match="made by another config.*seed"):
         run(tiny_config("zeroshot", seed=2), str(tmp_path))
+
+
+def test_only_process_zero_writes_config_json_and_every_process_checks_it(tmp_path):
+    config = tiny_config("coop")
+    check_workdir_config(str(tmp_path), config, write=False)    # another host of a multi-host run
+    assert not (tmp_path / "config.json").exists()
+    check_workdir_config(str(tmp_path), config, write=True)     # process 0
+    assert json.loads((tmp_path / "config.json").read_text())["method"] == "coop"
+    with pytest.raises(ValueError, match="made by another config"):
+        check_workdir_config(str(tmp_path), tiny_config("coop", optim__lr=0.5), write=False)
 
 
 def test_unknown_method_is_named(tmp_path):
