@@ -135,7 +135,7 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, **extra: Any) -> m
 def apply_world(c: ml_collections.ConfigDict) -> None:
     """The world preset (`:world`, or `:demo`): the shipped world CLIP on a world dataset, each method's own recipe
     (batch, lr, losses, prompt lengths) with every epoch count x WORLD_EPOCH_SCALE; prompts in at most 3 of the 4
-    layers (as 9 of ViT-B's 12), no warm-up epoch (Dassl's constant epoch at lr 1e-5 would be a third of MaPLe's 3),
+    layers (as 9 of ViT-B's 12), no warm-up epoch (Dassl's constant epoch at lr 1e-5 would idle a fifth of MaPLe's 5),
     whole images with flips; the run prints zero-shot CLIP's accuracy beside its own."""
     c.backbone.name = "world"
     c.dataset.name = WORLD_DEFAULT_DATASET
