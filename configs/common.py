@@ -17,9 +17,9 @@ COMMON_ARGS = dict(dataset="", seed=0, seeds="", shots=-1, backbone="", weights=
                    demo=False, world=False, tiny=False, xd=False, dg=False, fewshot=False)
 # The world preset keeps every method's recipe and scales all epoch counts by this one factor: the largest multiple
 # of 0.2 whose base-to-novel sweep over the suite fits about 90 minutes on 2 CPU cores. Run one after another, 0.4's
-# took 62 and 0.6's 80; two jobs side by side (`sweep --jobs 2`, one core each) do 1.6 times the work, and 1.0, the
-# recipes at full length, fits (docs/world.md): CoOp 200 epochs, KgCoOp 100, IVLP and PromptSRC 20, CoCoOp 10,
-# MaPLe 5, APLe 5+5+5.
+# took 62 and 0.6's 80; two jobs side by side (`sweep --jobs 2`, one core each) are 1.6 times as fast on long runs
+# (docs/performance.md), and 1.0, the recipes at full length, fits (84.6 minutes, docs/world.md): CoOp 200 epochs,
+# KgCoOp 100, IVLP and PromptSRC 20, CoCoOp 10, MaPLe 5, APLe 5+5+5.
 WORLD_EPOCH_SCALE = 1.0
 WORLD_DEFAULT_DATASET = "world:WorldScenes-Invert"   # the README's demo: room to learn (docs/world.md)
 # `:world,xd` / `:world,dg`: as ImageNet in the field, one source for both: the suite dataset with the largest class

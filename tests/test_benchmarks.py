@@ -14,6 +14,8 @@ SMOKES = {   # name: command line (`{out}` is the test's folder); all start toge
                    "--budget", "1", "--json", "{out}/r.json"],
     "eval": ["benchmarks/eval.py", "--backbone", "tiny", "--batch", "8", "--images", "8", "--classes", "4",
              "--workers", "1", "--passes", "1", "--device-input", "--json", "{out}/e.json"],
+    "sweep_jobs": ["benchmarks/sweep_jobs.py", "--config", "configs/coop.py,configs/ivlp.py", "--args", "tiny",
+                   "--datasets", "", "--epochs", "1", "--json", "{out}/s.json"],
 }
 
 
@@ -72,3 +74,14 @@ def test_eval_benchmark_smoke(smokes):
         report = json.load(f)
     assert report["num_examples"] == 8 and report["num_classes"] == 4
     assert all(rate > 0 for rate in report["images_per_s"].values())
+
+
+@pytest.mark.slow
+def test_sweep_jobs_benchmark_smoke(smokes):
+    tmp_path, stdout, _ = _finished(smokes, "sweep_jobs")
+    assert "| --jobs 1 |" in stdout and "against one group at a time:" in stdout
+    with open(tmp_path / "s.json") as f:
+        report = json.load(f)
+    serial, parallel = report["rows"]
+    assert serial["jobs"] == 1 and serial["steps"] == parallel["steps"] > 0   # the same runs, one way and the other
+    assert report["speedup"] == pytest.approx(serial["seconds"] / parallel["seconds"])
