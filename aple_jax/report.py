@@ -20,7 +20,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from aple_jax import paths
+from aple_jax import environment, paths
 from aple_jax import reference_numbers as ref
 from aple_jax.data.errors import UnknownDatasetError
 from aple_jax.data.names import canonical_name
@@ -339,6 +339,7 @@ def summarize(runs_dir: str, groups: list[Group], reference: bool) -> dict[str, 
                     **({"hm": g.hm} if g.hm is not None else {})} for g in groups],
         "base2new": summarize_base2new(groups),
         **{t.key: summarize_transfer(groups, t) for t in TRANSFER_TABLES},
+        "environments": table_environments(groups),
     }
     if reference:
         summary["reference"] = {"base2new_average": ref.BASE2NEW_AVERAGE,
@@ -346,6 +347,19 @@ def summarize(runs_dir: str, groups: list[Group], reference: bool) -> dict[str, 
                                 "domain_generalization": ref.DOMAIN_GENERALIZATION,
                                 "sources": {"per_dataset": ref.PER_DATASET_SOURCE, "dg": ref.DG_SOURCE}}
     return summary
+
+
+def table_environments(groups: list[Group]) -> dict[str, Any]:
+    """Per table (base2new, each transfer table, groups: every run), the environments of the runs it shows."""
+    def of(selected: Iterable[Group]) -> dict[str, Any]:
+        return environment.summarize((r.path, r.results) for g in selected for r in g.runs)
+
+    out = {"base2new": of(g for g in groups if g.key.setting == "base2new")}
+    for t in TRANSFER_TABLES:
+        out[t.key] = of(g for g in groups if g.key.setting == "transfer" and g.key.dataset == t.source
+                        and set(t.targets) & set(g.key.evals))
+    out["groups"] = of(groups)
+    return out
 
 
 def _dataset_order(name: str) -> tuple[int, str]:
@@ -433,19 +447,22 @@ def markdown(summary: dict[str, Any], reference: bool) -> str:
              "Base-to-novel HM = HM of the seed means; the 11-dataset average takes the mean of per-dataset Base and "
              "of per-dataset Novel, and its HM is the HM of those two means (not the mean of per-dataset HMs). "
              "A cross-dataset average is the plain mean over the targets (the source left out)."]
+    envs = summary["environments"]
     if summary["base2new"]:
         parts += ["## Base-to-novel: average over datasets", base2new_average_table(summary, reference),
+                  environment.markdown_note(envs["base2new"]),
                   "## Base-to-novel: per dataset" + (f" (reference rows {ref.PER_DATASET_SOURCE})" if reference
                                                      else ""),
-                  base2new_dataset_table(summary, reference)]
+                  base2new_dataset_table(summary, reference), environment.markdown_note(envs["base2new"])]
     for table in TRANSFER_TABLES:
         if summary[table.key]:
             references = ref.DOMAIN_GENERALIZATION if reference and table.key == "domain_generalization" else {}
             note = {"cross_dataset": " (protocol.md holds no reference numbers for this table)",
                     "domain_generalization": f" (reference rows {ref.DG_SOURCE})"}.get(table.key, "")
             parts += [f"## {table.title}" + (note if reference else ""),
-                      transfer_table(summary[table.key], table, references)]
-    parts += ["## Every group", groups_table(summary)]
+                      transfer_table(summary[table.key], table, references),
+                      environment.markdown_note(envs[table.key])]
+    parts += ["## Every group", groups_table(summary), environment.markdown_note(envs["groups"])]
     if summary.get("plots"):
         parts += ["## Plots", "\n".join(f"![{p}]({p})" for p in summary["plots"])]
     return "\n\n".join(parts) + "\n"
@@ -671,6 +688,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.runs_dir
     print(f"{summary['num_runs']} runs, {len(summary['groups'])} groups -> {os.path.join(out, 'results.md')}, "
           f"{os.path.join(out, 'results.json')}, {len(summary['plots'])} plots")
+    for table, envs in summary["environments"].items():
+        if envs["mixed"]:
+            print(f"warning: the {table} table mixes {len(envs['environments'])} environments (they differ in "
+                  f"{', '.join(envs['differing'])}); results.md lists them")
     return 0
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from aple_jax import checkpoint, config_schema, evaluate, interop, paths, prompt_files, sharding, train
+from aple_jax import checkpoint, config_schema, environment, evaluate, interop, paths, prompt_files, sharding, train
 from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
@@ -24,6 +24,9 @@ from aple_jax.metrics import MetricWriter
 # (eval_every_epoch is curve_points' former name: run directories whose config.json still holds it resume.)
 OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "curve_points", "eval_every_epoch",
                     "distributed", "checkpoint_every_steps", "eval_only_from", "pack_seeds", "progress_every_seconds")
+# config.json's header keys beside the config: the environment that started the run (aple_jax.environment). A run
+# resumes in another environment; its results.json records both when they differ.
+HEADER_KEYS = ("environment",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +89,20 @@ def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigD
                               hint="use a new --workdir, or the same config to resume")
         return
     if write:
-        paths.write_json_atomic(path, json.loads(config.to_json()))
+        paths.write_json_atomic(path, {**json.loads(config.to_json()),
+                                       "environment": environment.collect(config.backbone.dtype)})
 
 
 def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
-    """The config as flat keys, without the OPERATIONAL_KEYS."""
+    """The config as flat keys, without the OPERATIONAL_KEYS and HEADER_KEYS."""
     return {k: v for k, v in prompt_files.flatten_config(tree).items()
-            if not any(k == op or k.startswith(op + ".") for op in OPERATIONAL_KEYS)}
+            if not any(k == op or k.startswith(op + ".") for op in OPERATIONAL_KEYS + HEADER_KEYS)}
+
+
+def started_environment(workdir: paths.PathLike) -> dict[str, Any] | None:
+    """The environment config.json recorded when the run began (None for run directories made before that)."""
+    path = paths.join(workdir, "config.json")
+    return paths.read_json(path).get("environment") if path.exists() else None
 
 
 def teacher_text_features(method: Method, config: ml_collections.ConfigDict, clip_params: Any,
@@ -213,7 +223,8 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
             prompt_files.save_prompts(paths.join(job.workdir, "prompts.npz"), prompts)
         evals = evaluate_all(job, prompts)
         results[job.workdir] = _results(job.config, job.setting, evals, job.history, compilations,
-                                        time.time() - t0, len(jobs), schedule(job, phases))
+                                        time.time() - t0, len(jobs), schedule(job, phases),
+                                        started_environment(job.workdir))
         if config.zeroshot.compare and phases:
             zero_shot = evaluate_all(job, {}, zero_shot_reference(config, backbone, tokenizer))
             results[job.workdir]["zero_shot"] = {"accuracy": {k: v["accuracy"] for k, v in zero_shot.items()}}
@@ -344,8 +355,9 @@ def schedule(job: SeedJob, phases: list) -> list[dict[str, Any]]:
     return [{"phase": p.name, "epochs": p.epochs, "steps": p.epochs * per_epoch} for p in phases]
 
 
-def _results(config, setting, evals, history, compilations, seconds, packed_seeds,
-             schedule_rows) -> dict[str, Any]:
+def _results(config, setting, evals, history, compilations, seconds, packed_seeds, schedule_rows,
+             started: dict[str, Any] | None = None) -> dict[str, Any]:
+    """results.json; `started` is the environment that began the run (config.json's header)."""
     out: dict[str, Any] = {
         "method": config.method, "dataset": setting.train.name if setting.train else config.dataset.name,
         "setting": config.setting, "seed": config.seed, "shots": config.dataset.shots,
@@ -356,6 +368,7 @@ def _results(config, setting, evals, history, compilations, seconds, packed_seed
         "history": history, "compilations": compilations, "seconds": round(seconds, 1), "schedule": schedule_rows,
         "steps": sum(row["steps"] for row in schedule_rows),
         "num_devices": jax.device_count(), "packed_seeds": packed_seeds, "config": json.loads(config.to_json()),
+        **environment.for_results(config.backbone.dtype, started),
     }
     if "base" in evals and "new" in evals:
         out["hm"] = hm(evals["base"]["accuracy"], evals["new"]["accuracy"])

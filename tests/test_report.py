@@ -33,7 +33,7 @@ def accuracies(method: str, dataset: str, seed: int) -> tuple[float, float]:
 def write_run(root: Path, method: str, dataset: str, seed: int, accuracy: dict[str, float], *,
               setting: str = "base2new", tag: str = "", backbone: str = "ViT-B/16", shots: int = 16,
               n_ctx: int = 4, lr: float = 0.0025, history: list | None = None, result_name: str | None = None,
-              eval_datasets: tuple[str, ...] = ()) -> Path:
+              eval_datasets: tuple[str, ...] = (), environment: dict | None = None) -> Path:
     path = root / (method + (f"-{tag}" if tag else "")) / setting / dataset / f"shots_{shots}" / f"seed{seed}"
     path.mkdir(parents=True)
     config = {"method": method, "tag": tag, "seed": seed, "setting": setting,
@@ -48,6 +48,8 @@ def write_run(root: Path, method: str, dataset: str, seed: int, accuracy: dict[s
                          for k, v in accuracy.items()},
                "accuracy": accuracy, "history": history or [], "compilations": {}, "seconds": 1.0,
                "num_devices": 1, "config": config}
+    if environment is not None:
+        results["environment"] = environment
     if "base" in accuracy:
         results["hm"] = hm(accuracy["base"], accuracy["new"])
     (path / "config.json").write_text(json.dumps(config))
@@ -315,3 +317,32 @@ def test_world_transfer_tables(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## World cross-dataset: WorldScenes-Tint (source) -> the other families" in md
     assert "| aple | world | 16 | 1,2,3 | 2.00 ± 0.82 | 7.00 ± 0.82 |" in md   # source, then clean WorldScenes
+
+
+def _environment(jax_version: str) -> dict:
+    return {"packages": {"jax": jax_version}, "python": "3.12.3", "backend": "cpu", "device_kind": "cpu",
+            "device_count": 1, "process_count": 1, "cpu": "EPYC", "jax_config": {}, "variables": {},
+            "dtype": "float32", "aple_jax": {"version": "0.1.0", "commit": "f38c72a0", "dirty": False}}
+
+
+def test_report_prints_each_tables_environment_and_flags_a_mixed_one(tmp_path):
+    for s in SEEDS:
+        write_run(tmp_path / "same", "aple", "OxfordPets", s, {"base": 90.0, "new": 80.0},
+                  environment=_environment("0.10.2"))
+        write_run(tmp_path / "mixed", "aple", "OxfordPets", s, {"base": 90.0, "new": 80.0},
+                  environment=_environment("0.10.2" if s < 3 else "0.10.0"))
+    R.report(str(tmp_path / "same"), str(tmp_path / "out_same"), plots=False)
+    md = (tmp_path / "out_same" / "results.md").read_text()
+    assert md.count("Environment: jax 0.10.2; cpu (cpu) x1; CPU EPYC; dtype float32; aple-jax 0.1.0 @ f38c72a0") == 3
+    assert "mixes" not in md and "not recorded" not in md
+    summary = R.report(str(tmp_path / "mixed"), str(tmp_path / "out_mixed"), plots=False)
+    assert summary["environments"]["base2new"]["differing"] == ["packages.jax"]
+    md = (tmp_path / "out_mixed" / "results.md").read_text()
+    assert md.count("**Warning: this table mixes 2 environments** (they differ in packages.jax)") == 3
+    assert "- Environment 1 (2 runs): jax 0.10.2" in md and "- Environment 2 (1 runs): jax 0.10.0" in md
+
+
+def test_runs_without_an_environment_are_marked(summary):
+    md = (summary[1] / "results.md").read_text()
+    assert f"environment not recorded: {summary[0]['num_runs']} runs" in md          # under "Every group"
+    assert "environment not recorded: 81 runs" in md and "Environment" not in md     # base-to-novel: 33 + 33 + 15
