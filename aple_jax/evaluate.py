@@ -1,5 +1,6 @@
 """Evaluation over every device: class text features once, image batches sharded on the data axis, the last
-batch padded and masked, top-1 and per-class accuracy summed on device and fetched once per evaluation."""
+batch padded and masked, the (true class, predicted class) confusion counts summed on device and fetched once per
+evaluation; top-1 and per-class accuracy come from them."""
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,23 @@ class EvalResult:
     accuracy: float              # micro top-1, in percent
     per_class_accuracy: list[float]
     num_examples: int
+    classnames: list[str]
+    per_class_correct: list[int]
+    per_class_total: list[int]
+    confusion: np.ndarray        # (C, C) int64: row = true class, column = predicted class (not in to_json)
+
+    @classmethod
+    def from_confusion(cls, confusion: np.ndarray, classnames: list[str]) -> EvalResult:
+        """Accuracy, per-class accuracy and counts of a confusion matrix."""
+        confusion = np.asarray(confusion, np.int64)
+        correct, total = np.diagonal(confusion), confusion.sum(1)
+        per_class = [float(100.0 * c / n) if n else float("nan") for c, n in zip(correct, total)]
+        return cls(float(100.0 * correct.sum() / total.sum()), per_class, int(total.sum()), list(classnames),
+                   correct.tolist(), total.tolist(), confusion)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Everything but the confusion matrix (a run keeps it in a side file, aple_jax/report_classes.py)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "confusion"}
 
 
 @contextlib.contextmanager
@@ -42,22 +57,27 @@ def _iterating(batches: Iterable[dict[str, Array]]) -> Iterator[Iterator[dict[st
             iterator.close()
 
 
+def test_logits(method: Method, prompts: P.Tree, clip_params: Any, class_side: Any, images: Array) -> Array:
+    """(B, C) logits of test-transformed images as the method scores them at test time (adapter included)."""
+    images = apply_adapter(images, method.adapter) if method.adapter_test else images
+    if method.per_image_text:
+        img, txt = method.features(prompts, clip_params, class_side, images)
+    else:
+        img, txt = method.image_features(prompts, clip_params, images), class_side
+    return L.cosine_logits(method.backbone.logit_scale(clip_params), img, txt)
+
+
 def make_eval_step(method: Method):
-    """jit `(prompts, clip_params, class_side, batch) -> (correct per class, examples per class)`.
+    """jit `(prompts, clip_params, class_side, batch) -> (C, C) confusion counts` (row: true class, column: top-1
+    prediction; padding counts nowhere).
 
     `class_side` is the cached (C, P) text features, or the ClassTexts for methods whose text depends on the image.
     """
     def step(prompts, clip_params, class_side, batch):
-        images = apply_adapter(batch["image"], method.adapter) if method.adapter_test else batch["image"]
-        if method.per_image_text:
-            img, txt = method.features(prompts, clip_params, class_side, images)
-        else:
-            img, txt = method.image_features(prompts, clip_params, images), class_side
-        logits = L.cosine_logits(method.backbone.logit_scale(clip_params), img, txt)
+        logits = test_logits(method, prompts, clip_params, class_side, batch["image"])
         num_classes = logits.shape[-1]
-        onehot = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.int32) * batch["mask"][:, None]
-        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.int32)
-        return (onehot * correct[:, None]).sum(0), onehot.sum(0)
+        confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
+        return confusion.at[batch["label"], jnp.argmax(logits, -1)].add(batch["mask"].astype(jnp.int32))
 
     return jax.jit(step)
 
@@ -71,20 +91,17 @@ def class_side(method: Method, prompts: P.Tree, clip_params: Any, classnames: li
 
 def evaluate_batches(method: Method, prompts: P.Tree, clip_params: Any, classnames: list[str], template: str,
                      batches: Iterable[dict[str, Array]], step=None) -> EvalResult:
-    """Accuracy of `prompts` over padded, masked batches (any number of devices)."""
+    """Accuracy, per-class counts and confusion of `prompts` over padded, masked batches (any number of devices)."""
     step = step or make_eval_step(method)
     side = class_side(method, prompts, clip_params, classnames, template)
-    correct = count = None
+    confusion = None
     with _iterating(batches) as iterator:
         for batch in iterator:
-            c, n = step(prompts, clip_params, side, batch)
-            correct, count = (c, n) if correct is None else (correct + c, count + n)
-    if correct is None:
+            counts = step(prompts, clip_params, side, batch)
+            confusion = counts if confusion is None else confusion + counts
+    if confusion is None:
         raise ValueError("the evaluation split is empty")
-    correct, count = (np.asarray(x) for x in jax.device_get((correct, count)))
-    total = int(count.sum())
-    per_class = [float(100.0 * c / n) if n else float("nan") for c, n in zip(correct, count)]
-    return EvalResult(float(100.0 * correct.sum() / total), per_class, total)
+    return EvalResult.from_confusion(np.asarray(jax.device_get(confusion)), classnames)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -26,6 +26,7 @@ from aple_jax.data.errors import UnknownDatasetError
 from aple_jax.data.names import canonical_name
 from aple_jax.errors import AplejaxError, error_boundary
 from aple_jax.prompt_files import flatten_config
+from aple_jax.report_classes import write_per_class
 from aple_jax.run import OPERATIONAL_KEYS, hm
 from aple_jax.world.datasets import SUITE as WORLD_SUITE
 from configs.common import (CROSS_DATASET_TARGETS, IMAGENET_VARIANTS, WORLD_DG_TARGETS, WORLD_TRANSFER_SOURCE,
@@ -665,8 +666,9 @@ def report(runs_dir: str, out_dir: str | None = None, reference: bool = False, s
     with tempfile.TemporaryDirectory() as scratch:      # matplotlib writes local files; a bucket gets uploads
         local = scratch if paths.is_remote(out_dir) else out_dir
         summary["plots"] = write_plots(groups, summary, local) if plots else []
+        summary["per_class"] = write_per_class([r for g in groups for r in g.runs], runs_dir, local, plots)
         if local != out_dir:
-            for name in summary["plots"]:
+            for name in summary["plots"] + summary["per_class"]:
                 with open(os.path.join(local, name), "rb") as f:
                     paths.write_bytes_atomic(paths.join(out_dir, name), f.read())
     paths.write_json_atomic(paths.join(out_dir, "results.json"), summary)

@@ -9,7 +9,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from aple_jax import checkpoint, config_schema, environment, evaluate, interop, paths, prompt_files, sharding, train
+from aple_jax import (checkpoint, config_schema, environment, evaluate, interop, paths, prompt_files, report_classes,
+                      sharding, train)
 from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
@@ -201,13 +202,13 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     image_size = backbone.cfg.image_resolution
     compilations: dict[str, int] = {}
 
-    def evaluate_all(job: SeedJob, p: Any, model: Method = method) -> dict[str, Any]:
+    def evaluate_all(job: SeedJob, p: Any, model: Method = method) -> dict[str, evaluate.EvalResult]:
         out = {}
         for ev in job.setting.evals:
             batches = eval_loader(ev.splits.test, global_batch_size=config.eval_batch_size, image_size=image_size,
                                   mesh=mesh, num_workers=config.dataset.num_workers)
             out[ev.name] = evaluate.evaluate_batches(model, p, clip_params, list(ev.splits.classnames),
-                                                     ev.splits.template, batches).to_json()
+                                                     ev.splits.template, batches)
         return out
 
     if config.eval_only_from:
@@ -222,13 +223,16 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
         if jax.process_index() == 0 and phases:
             prompt_files.save_prompts(paths.join(job.workdir, "prompts.npz"), prompts)
         evals = evaluate_all(job, prompts)
-        results[job.workdir] = _results(job.config, job.setting, evals, job.history, compilations,
-                                        time.time() - t0, len(jobs), schedule(job, phases),
+        results[job.workdir] = _results(job.config, job.setting, {k: v.to_json() for k, v in evals.items()},
+                                        job.history, compilations, time.time() - t0, len(jobs), schedule(job, phases),
                                         started_environment(job.workdir))
         if config.zeroshot.compare and phases:
             zero_shot = evaluate_all(job, {}, zero_shot_reference(config, backbone, tokenizer))
-            results[job.workdir]["zero_shot"] = {"accuracy": {k: v["accuracy"] for k, v in zero_shot.items()}}
+            results[job.workdir]["zero_shot"] = {"accuracy": {k: v.accuracy for k, v in zero_shot.items()},
+                                                 "evals": {k: v.to_json() for k, v in zero_shot.items()}}
+            evals.update((report_classes.ZERO_SHOT_PREFIX + k, v) for k, v in zero_shot.items())
         if jax.process_index() == 0:
+            report_classes.save_confusions(job.workdir, evals)
             paths.write_json_atomic(paths.join(job.workdir, "results.json"), results[job.workdir])
     return results
 
@@ -288,7 +292,7 @@ def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.See
 
     def on_epoch_end(phase: str, epoch: int, prompts: Any, step: int) -> None:
         if epoch in curve[phase]:
-            accs = {k: v["accuracy"] for k, v in evaluate_all(job, prompts).items()}
+            accs = {k: v.accuracy for k, v in evaluate_all(job, prompts).items()}
             job.history.append({"phase": phase, "epoch": epoch, "step": step, **accs})
             writer.write(step, {"phase": "eval", **{f"{k}_accuracy": v for k, v in accs.items()}})
 
