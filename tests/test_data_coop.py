@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import shutil
 import sys
 import types
@@ -138,15 +139,30 @@ def test_coop_pickle_is_imported_with_relative_paths(tmp_path, monkeypatch):
     assert os.path.isfile(os.path.join(root, "oxford_pets", "split_fewshot", "shot_1-seed_9.json"))
 
 
-def test_coop_pickle_refuses_other_globals(tmp_path):
+class _Trojan:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):   # what a hostile cache would do: unpickled in full, it creates `path`
+        return os.system, (f"touch {self.path}",)
+
+
+def test_coop_pickle_refuses_other_globals_and_runs_nothing(tmp_path):
     from aple_jax.data.coop_pickle import read_coop_pickle
     from aple_jax.data.errors import SplitFormatError
 
-    path = str(tmp_path / "evil.pkl")
-    with open(path, "wb") as f:
-        pickle.dump({"train": [os.system]}, f)
-    with pytest.raises(SplitFormatError, match="refusing to load"):
-        read_coop_pickle(path, "/x/")
+    marker = tmp_path / "pwned"
+    for i, payload in enumerate([os.system, _Trojan(marker)]):
+        path = str(tmp_path / f"evil{i}.pkl")
+        with open(path, "wb") as f:
+            pickle.dump({"train": [payload]}, f)
+        with pytest.raises(SplitFormatError, match=rf"refusing to read CoOp cache {re.escape(path)}: it names "
+                                                   rf"{os.system.__module__}\.system, which is not data"):
+            read_coop_pickle(path, "/x/")
+    assert not marker.exists()
+    with open(path, "rb") as f:
+        pickle.load(f)   # the full unpickler runs the payload: the trojan is real
+    assert marker.exists()
 
 
 def test_imagenet_preprocessed_pickle_fixes_the_order(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 
 from aple_jax import prompts as P  # noqa: E402
 from aple_jax.clip.model import get_config  # noqa: E402
+from aple_jax.clip.weights import load_clip  # noqa: E402
 from aple_jax.errors import AplejaxError, CheckpointError, ConfigError  # noqa: E402
 from aple_jax.interop import dassl, mapping  # noqa: E402
 from aple_jax.interop.export_prompts import export  # noqa: E402
@@ -122,23 +123,24 @@ def official_state_dict(method, openai_sd, n_ctx=None, depth=2, vision_depth=2, 
     return sd
 
 
-def save_official(root, method, sd, epoch=None):
+def save_official(root, method, sd, epoch=None, successor=None, zipped=True):
     """`<root>/<ModelName>/model.pth.tar-<epoch>` as Dassl's save_checkpoint writes it: state_dict, epoch, the SGD
-    state over every parameter (momentum only for trainable ones), a pickled scheduler object, val_result."""
+    state over every parameter (momentum only for trainable ones), a pickled scheduler object (or `successor`),
+    val_result; `zipped=False` writes torch's legacy format."""
     epoch = epoch or EPOCHS[method]
     buffers = ("token_prefix", "token_suffix")
-    params = {k: torch.nn.Parameter(v.float()) for k, v in sd.items() if not k.endswith(buffers)}
+    params = {k: torch.nn.Parameter(v.float().clone()) for k, v in sd.items() if not k.endswith(buffers)}
     trainable = set(EXPECTED[method].values())
     optim = torch.optim.SGD(list(params.values()), lr=0.002, momentum=0.9, weight_decay=5e-4)
     for k, p in params.items():
         p.grad = torch.ones_like(p) if (k, False) in trainable or (k, True) in trainable else None
     optim.step()
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=epoch)
-    scheduler = {"successor": cosine, "warmup_epoch": 1, "cons_lr": 1e-5, "last_epoch": epoch, "base_lrs": [0.002]}
+    scheduler = {"successor": successor or cosine, "warmup_epoch": 1, "cons_lr": 1e-5, "last_epoch": epoch, "base_lrs": [0.002]}
     path = os.path.join(root, MODEL[method], f"model.pth.tar-{epoch}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save({"state_dict": sd, "epoch": epoch, "optimizer": optim.state_dict(), "scheduler": scheduler,
-                "val_result": None}, path)
+                "val_result": None}, path, _use_new_zipfile_serialization=zipped)
     with open(os.path.join(os.path.dirname(path), "checkpoint"), "w") as f:
         f.write(os.path.basename(path) + "\n")
     return path
@@ -281,6 +283,75 @@ def test_missing_torch_names_the_install_command(monkeypatch):
     with pytest.raises(CheckpointError) as e:
         dassl.read("model.pth.tar-5")
     assert "needs torch" in str(e.value) and e.value.hint == "pip install torch==2.13.0 (the CPU build is enough)"
+
+
+# ----------------------------------------------------------------------------------- files are data, never code
+
+class Trojan:
+    """A pickled 'scheduler' that, unpickled in full (`weights_only=False`), calls `call(arg)`."""
+
+    def __init__(self, call, arg):
+        self.call, self.arg = call, arg
+
+    def __reduce__(self):
+        return self.call, (self.arg,)
+
+
+def trojans(marker):
+    """(payload, the global it is refused by): each, if run, creates the file `marker`."""
+    import builtins
+    import subprocess
+    return [(Trojan(builtins.exec, f"open({str(marker)!r}, 'w').close()"), "builtins.exec"),
+            (Trojan(os.system, f"touch {marker}"), f"{os.system.__module__}.system"),
+            (Trojan(subprocess.check_call, ["touch", str(marker)]), "subprocess.check_call")]
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_a_trojan_checkpoint_is_refused_by_name_and_runs_nothing(openai_tiny, tmp_path, zipped):
+    marker = tmp_path / "pwned"
+    sd = official_state_dict("coop", openai_tiny)
+    for i, (payload, name) in enumerate(trojans(marker)):
+        path = save_official(str(tmp_path / f"o{i}"), "coop", sd, successor=payload, zipped=zipped)
+        pattern = rf"refusing to read {re.escape(path)}: it names {re.escape(name)}, which is not data"
+        with pytest.raises(CheckpointError, match=pattern):
+            dassl.read(path)
+        with pytest.raises(CheckpointError, match=pattern):
+            import_checkpoint(path, config("coop"), str(tmp_path / "p.npz"))
+        with pytest.raises(CheckpointError, match=pattern):
+            run(tiny_config("coop", eval_only_from=path, **SMALL), str(tmp_path / f"run{i}"))
+        assert not marker.exists() and not (tmp_path / "p.npz").exists()
+        weights = str(tmp_path / f"clip{i}.pt")   # CLIP weights as a torch-saved state dict
+        torch.save({"logit_scale": torch.ones(()), "visual.proj": payload}, weights,
+                   _use_new_zipfile_serialization=zipped)
+        with pytest.raises(AplejaxError, match=rf"refusing to read {re.escape(weights)}: it names {re.escape(name)}"):
+            load_clip(weights)
+        assert not marker.exists()
+    torch.load(save_official(str(tmp_path / "unsafe"), "coop", sd, successor=trojans(marker)[0][0], zipped=zipped),
+               weights_only=False)   # the full unpickler runs the payload: the trojan is real
+    assert marker.exists()
+
+
+def test_a_legacy_format_checkpoint_reads_as_the_zip_one(openai_tiny, tmp_path):
+    sd = official_state_dict("maple", openai_tiny)
+    zipped = dassl.read(save_official(str(tmp_path / "zip"), "maple", sd))
+    legacy = dassl.read(save_official(str(tmp_path / "legacy"), "maple", sd, zipped=False))
+    assert legacy.epoch == zipped.epoch == EPOCHS["maple"] and sorted(legacy.state_dict) == sorted(sd)
+    for key, value in zipped.state_dict.items():
+        assert legacy.state_dict[key].dtype == value.dtype and legacy.state_dict[key].tobytes() == value.tobytes()
+
+
+def test_the_entry_points_refuse_a_trojan_checkpoint_in_one_line(openai_tiny, tmp_path):
+    from tests import cli
+    marker = tmp_path / "pwned"
+    payload, name = trojans(marker)[0]
+    path = save_official(str(tmp_path / "o"), "coop", official_state_dict("coop", openai_tiny), successor=payload)
+    needle = f"refusing to read {path}: it names {name}"
+    cli.assert_all_user_errors([
+        cli.Case("import_prompts", cli.module("aple_jax.interop.import_prompts", path, "--config",
+                                              "configs/coop.py:tiny", "--out", str(tmp_path / "p.npz")), needle),
+        cli.Case("eval_only_from", cli.launch("--config", "configs/coop.py:tiny", "--workdir", str(tmp_path / "run"),
+                                              f"--config.eval_only_from={path}"), needle)])
+    assert not marker.exists() and not (tmp_path / "p.npz").exists()
 
 
 # ------------------------------------------------------------------------------------------- evaluation

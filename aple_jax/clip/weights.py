@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from aple_jax import pickles
 from aple_jax.clip.model import CLIPConfig
 from aple_jax.errors import WeightsError
 
@@ -124,7 +125,10 @@ def _read_torch(path: str) -> StateDict:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 sd = torch.jit.load(path, map_location="cpu").state_dict()
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as f:
+                sd = pickles.torch_load(f.read())
+    except pickles.RefusedGlobalError as e:
+        raise CheckpointError(pickles.refusal(path, e, "a state dict holds tensors and plain containers only")) from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ...
         raise CheckpointError(f"cannot read PyTorch checkpoint {path}: {type(e).__name__}: {e}. The file is "
                               "truncated, corrupt or not a checkpoint") from e

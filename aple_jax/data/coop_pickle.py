@@ -1,29 +1,18 @@
 """Importing CoOp's own caches (`split_fewshot/*.pkl`, ImageNet's `preprocessed.pkl`) without Dassl.
 
-They hold Dassl `Datum` objects with absolute paths from the machine that wrote them; a restricted unpickler
-accepts only `Datum` and the paths are cut back to the image root, so existing caches reproduce CoOp's shots.
+They hold Dassl `Datum` objects with absolute paths from the machine that wrote them. They are data, never code:
+`aple_jax.pickles` reads plain containers and an inert stand-in for `Datum`, refusing any other class or function
+by name; the paths are cut back to the image root, so existing caches reproduce CoOp's shots.
 """
 from __future__ import annotations
 
 import pickle
-from typing import Any
 
-from aple_jax import paths
+from aple_jax import paths, pickles
 from aple_jax.data.errors import SplitFormatError, see_docs
 from aple_jax.data.records import Datum
 
-
-class _DasslDatum:
-    """Stand-in for `dassl.data.datasets.base_dataset.Datum`; receives its pickled attribute dict."""
-
-
-class _DatumOnlyUnpickler(pickle.Unpickler):
-    """Loads plain containers and Dassl `Datum` objects; refuses every other global."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if name == "Datum" and module.startswith("dassl."):
-            return _DasslDatum
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: CoOp caches hold only Datum objects")
+DASSL_DATUM = "dassl.data.datasets.base_dataset.Datum"
 
 
 def _relative(path: str, marker: str, source: str) -> str:
@@ -38,8 +27,8 @@ def _relative(path: str, marker: str, source: str) -> str:
 def _to_records(items: list, marker: str, source: str) -> list[Datum]:
     out = []
     for item in items:
-        state = getattr(item, "__dict__", {})
-        if not {"_impath", "_label", "_classname"} <= state.keys():
+        state = item.state if isinstance(item, pickles.Standin) else None
+        if not isinstance(state, dict) or not {"_impath", "_label", "_classname"} <= state.keys():
             raise SplitFormatError(f"{source}: expected Dassl Datum objects, got {type(item).__name__}. "
                                    + see_docs("few-shot"))
         out.append(Datum(_relative(state["_impath"], marker, source), int(state["_label"]), state["_classname"]))
@@ -50,8 +39,11 @@ def read_coop_pickle(path: str, marker: str) -> dict[str, list[Datum]]:
     """Every list of Datum in a CoOp pickle (`train`, `val`, `test`), with paths relative to the image root."""
     with paths.as_path(path).open("rb") as f:
         try:
-            data = _DatumOnlyUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+            data = pickles.load(f, [DASSL_DATUM])
+        except pickles.RefusedGlobalError as e:
+            raise SplitFormatError(pickles.refusal(f"CoOp cache {path}", e, f"CoOp caches hold {DASSL_DATUM} objects "
+                                                                            "only") + ". " + see_docs("few-shot")) from None
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
             raise SplitFormatError(f"cannot read CoOp cache {path}: {e}. " + see_docs("few-shot")) from e
     if not isinstance(data, dict):
         raise SplitFormatError(f"{path}: expected a dict of Datum lists, got {type(data).__name__}. "

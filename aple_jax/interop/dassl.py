@@ -1,9 +1,10 @@
 """Dassl checkpoint files (`<output>/<ModelName>/model.pth.tar-<epoch>`): read and write; torch is needed only here.
 
 Dassl's `save_checkpoint` pickles a dict with `state_dict`, `epoch`, `optimizer`, `scheduler` (and, in newer
-releases, `val_result`) and writes a `checkpoint` text file naming the newest file beside it. Official files hold a
-pickled scheduler object, so they cannot be read with `weights_only=True`: such a file is unpickled in full, as the
-official `load_checkpoint` does (read only checkpoints you trust). Storages tagged `cuda:0` load on the CPU.
+releases, `val_result`) and writes a `checkpoint` text file naming the newest file beside it. A file is data, never
+code: it is read by torch's `weights_only` unpickler (tensors, plain containers) with inert stand-ins for the
+optimizer and scheduler objects Dassl pickles (`DASSL_OBJECTS`; prompts never need them), and any other class or
+function it names is refused by name (`aple_jax/pickles.py`). Storages tagged `cuda:0` load on the CPU.
 """
 from __future__ import annotations
 
@@ -14,12 +15,22 @@ from typing import Any
 
 import numpy as np
 
-from aple_jax import paths
+from aple_jax import paths, pickles
 from aple_jax.errors import CheckpointError, StorageError
 
 TORCH_PIN = "torch==2.13.0"
 # File names the official code writes or users pass: model.pth.tar-5, model-best.pth.tar, a bare state dict.
 CHECKPOINT_NAME = re.compile(r"^(model\.pth\.tar-\d+|model-best\.pth\.tar|.+\.pth|.+\.pt|.+\.pth\.tar)$")
+# The objects Dassl's save_checkpoint pickles besides tensors: the scheduler's state holds its successor scheduler
+# (and that the optimizer), built by dassl.optim's build_optimizer / build_lr_scheduler. Each is read as an inert
+# stand-in; nothing in them is used.
+DASSL_OBJECTS = (
+    "torch.optim.sgd.SGD", "torch.optim.adam.Adam", "torch.optim.adamw.AdamW", "torch.optim.rmsprop.RMSprop",
+    "dassl.optim.radam.RAdam", "dassl.optim.radam.PlainRAdam", "dassl.optim.radam.AdamW",
+    "torch.optim.lr_scheduler.StepLR", "torch.optim.lr_scheduler.MultiStepLR",
+    "torch.optim.lr_scheduler.CosineAnnealingLR", "dassl.optim.lr_scheduler.ConstantWarmupScheduler",
+    "dassl.optim.lr_scheduler.LinearWarmupScheduler",
+)
 
 
 def is_checkpoint_name(path: paths.PathLike) -> bool:
@@ -53,10 +64,13 @@ def read(path: paths.PathLike) -> DasslCheckpoint:
                            hint="official trainers write <output>/<ModelName>/model.pth.tar-<epoch>")
     data = path.read_bytes()
     try:
-        try:
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - pickled scheduler objects: unpickle in full, as Dassl does
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        obj = pickles.torch_load(data, DASSL_OBJECTS)
+    except pickles.RefusedGlobalError as e:
+        raise CheckpointError(
+            pickles.refusal(path, e, "official checkpoints hold tensors, plain containers and Dassl's optimizer and "
+                                     "scheduler objects only"),
+            hint="this file was not written by Dassl's save_checkpoint (or was altered); do not run it with torch.load "
+                 "either. See docs/errors.md (checkpoint files)") from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ...
         raise CheckpointError(f"cannot read PyTorch checkpoint {path}: {type(e).__name__}: {e}",
                               hint="the file is truncated, corrupt or not a PyTorch checkpoint") from None
