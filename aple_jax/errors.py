@@ -8,10 +8,14 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import shlex
+import signal
 import sys
 from typing import Iterator
 
 EXIT_USER_ERROR = 2
+EXIT_SIGINT = 130    # 128 + the signal's number, as shells report a process ended by that signal
+EXIT_SIGTERM = 143
 TRACEBACK_ENV = "APLE_JAX_TRACEBACK"
 
 
@@ -46,6 +50,31 @@ class StorageError(AplejaxError, FileNotFoundError):
     """A local or gs:// path that is missing or cannot be reached."""
 
 
+class RunLockedError(CheckpointError):
+    """Another run holds the run directory's lock."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT stopped a run (a BaseException, like KeyboardInterrupt, so that no `except Exception`
+    swallows it). `step`: the training step saved before stopping (None: stopped outside training, nothing new
+    to save); `where`: the run directories."""
+
+    def __init__(self, signum: int, step: int | None = None, where: tuple[str, ...] = ()):
+        super().__init__(signum, step, where)
+        self.signum, self.step, self.where = signum, step, where
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        dirs = ", ".join(self.where) or "the run directory"
+        if self.step is None:
+            return f"{name} stopped the run outside training (nothing new to save) in {dirs}"
+        return f"{name} stopped training at step {self.step}: checkpoint saved in {dirs}"
+
+
 def did_you_mean(key: str, known: list[str]) -> str:
     """`"; did you mean 'optim.lr'?"` for the closest of the `known` dotted keys, else ''."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -71,7 +100,8 @@ def format_error(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def error_boundary() -> Iterator[None]:
-    """Around an entry point's main: a user error becomes one `error:` line on stderr and exit status 2."""
+    """Around an entry point's main: a user error becomes one `error:` line on stderr and exit status 2; a run
+    stopped by a signal one `interrupted:` line saying how to resume and status 128 + the signal's number."""
     try:
         yield
     except AplejaxError as e:
@@ -79,3 +109,13 @@ def error_boundary() -> Iterator[None]:
             raise
         print(format_error(e), file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
+    except (Interrupted, KeyboardInterrupt) as e:
+        stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+        print(f"interrupted: {stop}; to resume, run the same command again: {resume_command()}", file=sys.stderr,
+              flush=True)
+        raise SystemExit(stop.exit_status) from None
+
+
+def resume_command() -> str:
+    """This process's command line, to paste."""
+    return shlex.join(getattr(sys, "orig_argv", sys.argv))

@@ -9,13 +9,13 @@ from typing import Any
 import jax
 import ml_collections
 
-from aple_jax import (checkpoint, config_schema, environment, evaluate, interop, paths, prompt_files, report_classes,
-                      sharding, train)
+from aple_jax import (checkpoint, config_schema, environment, evaluate, interop, paths, preemption, prompt_files,
+                      report_classes, sharding, train)
 from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
 from aple_jax.data.templates import IMAGENET_TEMPLATES
-from aple_jax.errors import CheckpointError, ConfigError
+from aple_jax.errors import CheckpointError, ConfigError, Interrupted
 from aple_jax.methods import METHODS, build_method
 from aple_jax.methods.base import Method
 from aple_jax.methods.zeroshot import ZeroShot, template_text_features
@@ -161,6 +161,15 @@ def run_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]], stop_at_step: i
     dist = jobs[0][0].distributed
     sharding.maybe_initialize_distributed(dist.coordinator or None, dist.num_processes or None,
                                           dist.process_id if dist.process_id >= 0 else None, dist.get("auto", False))
+    with preemption.handle_signals():
+        try:
+            return _run_seeds(jobs, stop_at_step)
+        except Interrupted as e:
+            e.where = tuple(str(w) for _, w in jobs)
+            raise
+
+
+def _run_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]], stop_at_step: int | None) -> list[Any]:
     results: dict[str, Any] = {}
     pending = []
     for config, workdir in jobs:

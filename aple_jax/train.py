@@ -14,10 +14,11 @@ import optax
 from flax import struct
 
 from aple_jax import losses as L
+from aple_jax import preemption
 from aple_jax import prompts as P
 from aple_jax import sharding
 from aple_jax.adapter import apply_adapter
-from aple_jax.errors import CheckpointError, TrainingDivergedError
+from aple_jax.errors import CheckpointError, Interrupted, TrainingDivergedError
 from aple_jax.methods.base import Method, Phase
 
 Array = jax.Array
@@ -272,13 +273,14 @@ def fit(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: FitCont
     if resume is not None:
         prompts = [s.prompts for s in resume["states"]]
     global_step = resume["global_step"] if resume else 0
-    for index in range(resume["phase"] if resume else 0, len(phases)):
-        phase = phases[index]
-        if resume is not None and resume["epoch"] >= phase.epochs:
-            prompts, resume = [final_prompts(phase, s) for s in resume["states"]], None
-            continue
-        prompts, global_step = _fit_phase(method, index, phase, prompts, ctx, global_step, resume)
-        resume = None
+    with preemption.deferred():   # a stop signal ends the step under way, which is saved
+        for index in range(resume["phase"] if resume else 0, len(phases)):
+            phase = phases[index]
+            if resume is not None and resume["epoch"] >= phase.epochs:
+                prompts, resume = [final_prompts(phase, s) for s in resume["states"]], None
+                continue
+            prompts, global_step = _fit_phase(method, index, phase, prompts, ctx, global_step, resume)
+            resume = None
     return prompts
 
 
@@ -347,7 +349,7 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
     weights = gpa_weights(phase.epochs, *phase.gpa) if phase.gpa is not None else None
     for seed in ctx.seeds:
         seed.writer.start_phase(phase.name, index, global_step, phase.epochs)
-    metrics = None
+    metrics, stop = None, False
     for epoch in range(start_epoch, phase.epochs):
         for epoch_step in range(skip_steps if epoch == start_epoch else 0, per_epoch):
             state, metrics = step_fn(state, ctx.clip_params, consts, pack([next(loader) for loader in loaders]))
@@ -358,9 +360,13 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
             for seed in ctx.seeds:
                 seed.writer.advance(global_step)
             mid_epoch = epoch_step + 1 < per_epoch
-            if ctx.checkpoint_every_steps and mid_epoch and global_step % ctx.checkpoint_every_steps == 0:
+            stop = preemption.stop_requested(global_step)   # a signal: save this step (at the epoch's end below)
+            every = ctx.checkpoint_every_steps and global_step % ctx.checkpoint_every_steps == 0
+            if mid_epoch and (every or stop):
                 check_finite(state, phase, epoch, global_step)
                 _save(ctx, global_step, state, loaders, phase=index, epoch=epoch, epoch_step=epoch_step + 1)
+            if stop and mid_epoch:
+                raise Interrupted(preemption.stop_signal(), global_step)
             if ctx.stop_at_step is not None and global_step >= ctx.stop_at_step:
                 raise Preempted(f"stopped at step {global_step} as asked")
         check_finite(state, phase, epoch, global_step)
@@ -375,6 +381,8 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
             if seed.on_epoch_end is not None:
                 seed.on_epoch_end(phase.name, epoch + 1, seed_state.prompts, global_step)
         _save(ctx, global_step, state, loaders, phase=index, epoch=epoch + 1, epoch_step=0)
+        if stop:
+            raise Interrupted(preemption.stop_signal(), global_step)
     ctx.compilations[phase.name] = step_fn._cache_size()
     return [final_prompts(phase, s) for s in unpack(state, k)], global_step
 

@@ -15,7 +15,7 @@ from absl import flags
 from grain.multiprocessing import SharedMemoryArray
 from jax.sharding import Mesh
 
-from aple_jax import paths
+from aple_jax import paths, preemption
 from aple_jax.data.elements import BatchLayout, EvalElement, TrainElement
 from aple_jax.data.transforms import CLIP_CROP_SCALE
 from aple_jax.errors import ConfigError
@@ -48,7 +48,8 @@ def _to_iter(ds: grain.MapDataset, num_workers: int, bucket: bool = False) -> gr
         if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags; outside an absl app
             flags.FLAGS.mark_as_parsed()  # (tests, notebooks) they keep their defaults
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                         per_worker_buffer_size=PREFETCH_BATCHES))
+                                                         per_worker_buffer_size=PREFETCH_BATCHES),
+                            worker_init_fn=preemption.ignore_in_worker)   # Ctrl-C reaches the whole group
     return it
 
 

@@ -1,0 +1,101 @@
+"""SIGTERM and Ctrl-C through the real command line: the step under way is saved, loader workers stop, one line
+says how to resume, the exit status is 128 + the signal's number, and the resumed run ends bit-identical."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from aple_jax import checkpoint
+from aple_jax.errors import EXIT_SIGINT, EXIT_SIGTERM
+from aple_jax.prompt_files import PROMPTS_META_KEY
+from aple_jax.run import run
+from tests.cli import REPO
+from tests.helpers import tiny_config
+
+# :tiny CoOp: 80 training images at batch 16, 5 steps per epoch, 4 epochs; two grain worker processes.
+WORKERS = 2
+
+
+def signalled_launch(workdir, step: int, sig: str, *args: str) -> subprocess.CompletedProcess:
+    """launch.py on `configs/coop.py:tiny` with loader workers, sent `sig` right after training step `step`."""
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    env.pop("APLE_JAX_TRACEBACK", None)
+    return subprocess.run([sys.executable, "tests/signal_worker.py", str(step), sig, "launch.py", "--config",
+                           "configs/coop.py:tiny", "--workdir", str(workdir), "--config.progress=False",
+                           f"--config.dataset.num_workers={WORKERS}", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def alive(pids: list[int], wait_s: float = 10.0) -> list[int]:
+    """The pids still running (not zombies) after up to `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        live = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        live.append(pid)
+            except OSError:
+                pass
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.2)
+
+
+def assert_stopped(proc: subprocess.CompletedProcess, status: int, workdir, step: int) -> None:
+    """The documented status, no traceback, the resume line, a checkpoint at `step`, no worker left running."""
+    report = f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == status, report
+    assert "Traceback" not in proc.stderr, report
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("interrupted: ")]
+    assert len(lines) == 1, report
+    assert f"at step {step}: checkpoint saved in {workdir}" in lines[0], report
+    assert "to resume, run the same command again: " in lines[0] and f"--workdir {workdir}" in lines[0], report
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert steps[-1] == step, steps
+    workers = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("DESCENDANTS "))[12:])
+    assert len(workers) >= WORKERS, report             # the loader's workers existed when the signal came
+    assert alive(workers) == [], report
+
+
+def _prompts(workdir) -> dict[str, np.ndarray]:
+    with np.load(os.path.join(workdir, "prompts.npz")) as f:
+        return {k: f[k] for k in f.files if k != PROMPTS_META_KEY}
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_that_step_and_the_rerun_ends_bit_identical(tmp_path, monkeypatch):
+    config = tiny_config("coop")
+    full = run(config, str(tmp_path / "full"))
+    cut = tmp_path / "cut"
+    assert_stopped(signalled_launch(cut, 7, "SIGTERM"), EXIT_SIGTERM, cut, 7)   # epoch 2, its 2nd step
+    assert not (cut / "results.json").exists()
+
+    restored = []
+    real = checkpoint.RunCheckpoints.restore_newest
+    monkeypatch.setattr(checkpoint.RunCheckpoints, "restore_newest",
+                        lambda self, like: restored.append(real(self, like)) or restored[-1])
+    resumed = run(tiny_config("coop", dataset__num_workers=WORKERS), str(cut))   # the iterator state has workers
+    assert [r[0] for r in restored] == [7]
+    assert restored[0][1]["epoch"] == 1 and restored[0][1]["epoch_step"] == 2
+    full_prompts, cut_prompts = _prompts(tmp_path / "full"), _prompts(cut)
+    assert full_prompts.keys() == cut_prompts.keys()
+    for key in full_prompts:
+        np.testing.assert_array_equal(cut_prompts[key], full_prompts[key], err_msg=key)
+    assert resumed["accuracy"] == full["accuracy"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_an_epoch_end_saves_after_the_epoch_without_a_traceback(tmp_path):
+    """The epoch's last step: the epoch-end work runs and its checkpoint is the one saved."""
+    assert_stopped(signalled_launch(tmp_path, 10, "SIGINT"), EXIT_SIGINT, tmp_path, 10)
+    assert EXIT_SIGINT == 128 + signal.SIGINT and EXIT_SIGTERM == 128 + signal.SIGTERM
+    with checkpoint.RunCheckpoints(str(tmp_path)) as ckpt:
+        meta = ckpt.restore_meta(10)
+    assert (meta["epoch"], meta["epoch_step"]) == (2, 0)
