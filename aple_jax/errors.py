@@ -75,6 +75,10 @@ class Interrupted(BaseException):
         return f"{name} stopped training at step {self.step}: checkpoint saved in {dirs}"
 
 
+class ReportError(AplejaxError, ValueError):
+    """Runs that cannot be reported or compared: unfinished, malformed, mixing incompatible configs, unknown names."""
+
+
 def did_you_mean(key: str, known: list[str]) -> str:
     """`"; did you mean 'optim.lr'?"` for the closest of the `known` dotted keys, else ''."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)

@@ -1,9 +1,11 @@
 """Results as tables and plots: one run's summary, and `python -m aple_jax.report RUNS_DIR` over many runs.
 
-The report follows the field's aggregation rules (protocol.md section 5): per group of seeds the mean and the
-population std (numpy's default, as Dassl's `parse_test_res.py`); base-to-novel HM = HM of the seed means; the
-11-dataset average = mean of per-dataset Base and of per-dataset Novel, its HM = HM of those two averages;
-cross-dataset average = plain mean over the 10 targets of the per-target seed means.
+The report follows the field's aggregation rules (protocol.md section 5): per group of seeds the mean; base-to-novel
+HM = HM of the seed means; the 11-dataset average = mean of per-dataset Base and of per-dataset Novel, its HM = HM of
+those two averages; cross-dataset average = plain mean over the 10 targets of the per-target seed means. Beside each
+mean: the sample std (n-1; Dassl's `parse_test_res.py` prints the population std) and the 95% Student-t interval of
+the mean over seeds (aple_jax/stats.py). An average's interval is over the per-seed averages (seed s: the mean over
+datasets, or targets, of seed s), over the seeds every dataset has.
 """
 from __future__ import annotations
 
@@ -20,11 +22,11 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from aple_jax import environment, paths
+from aple_jax import aggregate_input, compare, environment, paths, stats
 from aple_jax import reference_numbers as ref
 from aple_jax.data.errors import UnknownDatasetError
 from aple_jax.data.names import canonical_name
-from aple_jax.errors import AplejaxError, error_boundary
+from aple_jax.errors import ReportError, error_boundary
 from aple_jax.prompt_files import flatten_config
 from aple_jax.report_classes import write_per_class
 from aple_jax.run import OPERATIONAL_KEYS, hm
@@ -32,7 +34,7 @@ from aple_jax.world.datasets import SUITE as WORLD_SUITE
 from configs.common import (CROSS_DATASET_TARGETS, IMAGENET_VARIANTS, WORLD_DG_TARGETS, WORLD_TRANSFER_SOURCE,
                             WORLD_XD_TARGETS)
 
-REPORT_KIND = "aple_jax.report"      # marks our aggregate results.json so that a later scan skips it
+REPORT_KIND = aggregate_input.AGGREGATE_KIND      # marks our aggregate results.json so that a later scan skips it
 BASE2NEW_DATASETS = ("ImageNet",) + CROSS_DATASET_TARGETS
 SUITES = (BASE2NEW_DATASETS, WORLD_SUITE)   # the dataset sets an average is complete over
 REQUIRED_KEYS = ("method", "dataset", "setting", "seed", "shots", "backbone", "tag", "prompt_length", "accuracy",
@@ -41,6 +43,7 @@ REQUIRED_KEYS = ("method", "dataset", "setting", "seed", "shots", "backbone", "t
 LOCATION_KEYS = ("dataset.root", "backbone.weights", "backbone.tokenizer")
 _TABLE_NAMES = {"OxfordFlowers": "Flowers102", "DescribableTextures": "DTD"}
 _HISTORY_META = ("phase", "epoch", "step")
+ERROR_BARS = "95% interval of the mean over seeds (Student t)"
 
 
 class TransferTable(NamedTuple):
@@ -69,10 +72,6 @@ TRANSFER_TABLES = (
                   f"World domain generalization: {_WORLD_SOURCE} (source) -> its classes under the other shifts",
                   _WORLD_SOURCE, _world_names(WORLD_DG_TARGETS), True),
 )
-
-
-class ReportError(AplejaxError, ValueError):
-    """Run directories that cannot be reported: unfinished, malformed, or mixing incompatible configs."""
 
 
 def format_run(results: dict[str, Any] | list[dict[str, Any]]) -> str:
@@ -138,17 +137,6 @@ class Run:
 
 
 @dataclasses.dataclass(frozen=True)
-class Stat:
-    mean: float
-    std: float
-    values: list[float]
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Stat:
-        return cls(float(np.mean(values)), float(np.std(values)), list(values))
-
-
-@dataclasses.dataclass(frozen=True)
 class Group:
     """The seeds of one (method, tag, backbone, setting, shots, dataset, evals)."""
     key: GroupKey
@@ -159,8 +147,8 @@ class Group:
         return [r.results["seed"] for r in self.runs]
 
     @functools.cached_property
-    def stats(self) -> dict[str, Stat]:
-        return {e: Stat.of([r.accuracy[e] for r in self.runs]) for e in self.key.evals}
+    def stats(self) -> dict[str, stats.Stat]:
+        return {e: stats.Stat.of([r.accuracy[e] for r in self.runs]) for e in self.key.evals}
 
     @property
     def hm(self) -> float | None:
@@ -171,6 +159,13 @@ class Group:
     @property
     def prompt_length(self) -> dict[str, int]:
         return self.runs[0].results["prompt_length"]
+
+
+def load_runs(source: str, skip_unfinished: bool = False) -> list[Run]:
+    """The runs below a runs directory, or rebuilt from an aggregate results.json (aple_jax/aggregate_input.py)."""
+    if paths.as_path(source).is_file():
+        return [Run(p, r) for p, r in aggregate_input.runs_from_aggregate(source, read_json(source))]
+    return find_runs(source, skip_unfinished)
 
 
 def find_runs(runs_dir: str, skip_unfinished: bool = False) -> list[Run]:
@@ -293,7 +288,13 @@ def base2new_average(per_dataset: dict[str, dict[str, float]]) -> dict[str, Any]
     names = list(suite) if complete else list(per_dataset)
     base = float(np.mean([per_dataset[d]["base"] for d in names]))
     new = float(np.mean([per_dataset[d]["new"] for d in names]))
-    return {"datasets": names, "complete": complete, "base": base, "new": new, "hm": hm(base, new)}
+    out = {"datasets": names, "complete": complete, "base": base, "new": new, "hm": hm(base, new)}
+    for e in ("base", "new"):    # the interval over seeds of the per-seed averages
+        per_seed = stats.per_seed_average({d: dict(zip(per_dataset[d]["seeds"], per_dataset[d][f"{e}_values"]))
+                                           for d in names if "seeds" in per_dataset[d]})
+        out[f"{e}_per_seed"] = dataclasses.asdict(stats.Stat.of(list(per_seed.values()))) if per_seed else None
+        out["seeds"] = sorted(per_seed)
+    return out
 
 
 def summarize_base2new(groups: list[Group]) -> list[dict[str, Any]]:
@@ -304,8 +305,10 @@ def summarize_base2new(groups: list[Group]) -> list[dict[str, Any]]:
             systems[tuple(_system(g.key).values())][g.key.dataset] = g
     out = []
     for key, by_dataset in systems.items():
-        per_dataset = {d: {"base": g.stats["base"].mean, "new": g.stats["new"].mean, "hm": g.hm,
-                           "base_std": g.stats["base"].std, "new_std": g.stats["new"].std, "seeds": g.seeds}
+        per_dataset = {d: {"hm": g.hm, "seeds": g.seeds,
+                           **{f"{e}{suffix}": value for e in ("base", "new")
+                              for suffix, value in (("", g.stats[e].mean), ("_std", g.stats[e].std),
+                                                    ("_ci95", g.stats[e].ci95), ("_values", g.stats[e].values))}}
                        for d, g in sorted(by_dataset.items(), key=lambda kv: _dataset_order(kv[0]))}
         system = _system(next(iter(by_dataset.values())).key)
         out.append({**system, "datasets": per_dataset, "average": base2new_average(per_dataset)})
@@ -319,13 +322,15 @@ def summarize_transfer(groups: list[Group], table: TransferTable) -> list[dict[s
     for g in groups:
         if g.key.setting != "transfer" or g.key.dataset != table.source or not set(targets) & set(g.key.evals):
             continue
-        stats = g.stats
+        group_stats = g.stats
         row = {**_system(g.key), "source": g.key.dataset, "seeds": g.seeds,
-               "accuracy": {t: dataclasses.asdict(s) for t, s in stats.items()}}
+               "accuracy": {t: dataclasses.asdict(s) for t, s in group_stats.items()}}
         if table.average:
-            present = [t for t in targets if t in stats]
+            present = [t for t in targets if t in group_stats]
+            per_seed = stats.per_seed_average({t: dict(zip(g.seeds, group_stats[t].values)) for t in present})
             row["average"] = {"targets": present, "complete": len(present) == len(targets),
-                              "accuracy": float(np.mean([stats[t].mean for t in present]))}
+                              "accuracy": float(np.mean([group_stats[t].mean for t in present])),
+                              "per_seed": dataclasses.asdict(stats.Stat.of(list(per_seed.values())))}
         out.append(row)
     return out
 
@@ -376,8 +381,12 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _pm(mean: float, std: float, n: int) -> str:
-    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+def _cell(stat: dict[str, Any] | None, mean: float | None = None) -> str:
+    """A Stat's cell (`mean ± std [95% interval]`); `mean` replaces the shown mean (an average's field rule)."""
+    if stat is None:
+        return f"{mean:.2f} (no interval)"
+    s = stats.Stat(**stat)
+    return s.cell() if mean is None else dataclasses.replace(s, mean=mean).cell()
 
 
 def _seeds(seeds: Sequence[int]) -> str:
@@ -389,22 +398,24 @@ def base2new_average_table(summary: dict[str, Any], reference: bool) -> str:
     for s in summary["base2new"]:
         a = s["average"]
         n = str(len(a["datasets"])) if a["complete"] else f"average over {len(a['datasets'])} datasets (incomplete)"
-        rows.append([label(s["method"], s["tag"]), s["backbone"], s["shots"], n, f"{a['base']:.2f}",
-                     f"{a['new']:.2f}", f"{a['hm']:.2f}", "this report"])
+        rows.append([label(s["method"], s["tag"]), s["backbone"], s["shots"], n, _seeds(a["seeds"]),
+                     _cell(a["base_per_seed"], a["base"]), _cell(a["new_per_seed"], a["new"]), f"{a['hm']:.2f}",
+                     "this report"])
     if reference:
-        rows += [[f"{m} (reference)", "ViT-B/16", 16, "11", f"{b:.2f}", f"{n:.2f}", f"{h:.2f}", src]
+        rows += [[f"{m} (reference)", "ViT-B/16", 16, "11", "–", f"{b:.2f}", f"{n:.2f}", f"{h:.2f}", src]
                  for m, (b, n, h, src) in ref.BASE2NEW_AVERAGE.items()]
-    return _table(["Method", "Backbone", "Shots", "Datasets", "Base", "Novel", "HM", "Source"], rows)
+    return _table(["Method", "Backbone", "Shots", "Datasets", "Seeds", "Base", "Novel", "HM", "Source"], rows)
 
 
 def base2new_dataset_table(summary: dict[str, Any], reference: bool) -> str:
     by_dataset: dict[str, list[list[Any]]] = defaultdict(list)
     for s in summary["base2new"]:
         for d, v in s["datasets"].items():
-            n = len(v["seeds"])
+            cells = [_cell({k: v[f"{e}{suffix}"] for k, suffix in (("mean", ""), ("std", "_std"),
+                                                                      ("values", "_values"), ("ci95", "_ci95"))})
+                     for e in ("base", "new")]
             by_dataset[d].append([d, label(s["method"], s["tag"]), s["backbone"], s["shots"], _seeds(v["seeds"]),
-                                  _pm(v["base"], v["base_std"], n), _pm(v["new"], v["new_std"], n),
-                                  f"{v['hm']:.2f}"])
+                                  *cells, f"{v['hm']:.2f}"])
     for d in by_dataset:
         if reference:
             by_dataset[d] += [[d, f"{m} (reference)", "ViT-B/16", 16, "–", f"{b:.2f}", f"{n:.2f}", f"{h:.2f}"]
@@ -420,12 +431,13 @@ def transfer_table(rows_in: list[dict[str, Any]], table: TransferTable,
     rows = []
     for s in rows_in:
         acc = s["accuracy"]
-        cells = [_pm(acc[t]["mean"], acc[t]["std"], len(acc[t]["values"])) if t in acc else "–" for t in columns]
+        cells = [_cell(acc[t]) if t in acc else "–" for t in columns]
         row = [label(s["method"], s["tag"]), s["backbone"], s["shots"], _seeds(s["seeds"]), *cells]
         if average:
             a = s["average"]
-            row.append(f"{a['accuracy']:.2f}" if a["complete"]
-                       else f"{a['accuracy']:.2f} (average over {len(a['targets'])} targets, incomplete)")
+            row.append(_cell(a["per_seed"], a["accuracy"]) if a["complete"]
+                       else f"{_cell(a['per_seed'], a['accuracy'])} (average over {len(a['targets'])} targets, "
+                            f"incomplete)")
         rows.append(row)
     rows += [[f"{m} (reference)", "ViT-B/16", 16, "–", *(f"{r[t]:.2f}" if t in r else "–" for t in columns)]
              for m, r in references.items()]
@@ -435,19 +447,21 @@ def transfer_table(rows_in: list[dict[str, Any]], table: TransferTable,
 def groups_table(summary: dict[str, Any]) -> str:
     rows = []
     for g in summary["groups"]:
-        accs = ", ".join(f"{e} {_pm(s['mean'], s['std'], len(s['values']))}" for e, s in g["accuracy"].items())
+        accs = ", ".join(f"{e} {_cell(s)}" for e, s in g["accuracy"].items())
         rows.append([label(g["method"], g["tag"]), g["backbone"], g["setting"], g["shots"], g["dataset"],
                      _seeds(g["seeds"]), accs + (f", HM {g['hm']:.2f}" if "hm" in g else "")])
-    return _table(["Method", "Backbone", "Setting", "Shots", "Dataset", "Seeds", "Accuracy (mean ± std)"], rows)
+    return _table(["Method", "Backbone", "Setting", "Shots", "Dataset", "Seeds", "Accuracy (mean ± std [95%])"], rows)
 
 
 def markdown(summary: dict[str, Any], reference: bool) -> str:
     """results.md: the field's tables with our rows (and, with `reference`, the published rows)."""
     parts = [f"# Results: {summary['runs_dir']}",
-             f"{summary['num_runs']} runs in {len(summary['groups'])} groups. Mean ± population std over seeds. "
+             f"{summary['num_runs']} runs in {len(summary['groups'])} groups. Cells: {stats.LEGEND}. "
              "Base-to-novel HM = HM of the seed means; the 11-dataset average takes the mean of per-dataset Base and "
              "of per-dataset Novel, and its HM is the HM of those two means (not the mean of per-dataset HMs). "
-             "A cross-dataset average is the plain mean over the targets (the source left out)."]
+             "A cross-dataset average is the plain mean over the targets (the source left out). An average's std "
+             "and interval are over its per-seed averages (seed s: the mean over the datasets, or targets, of seed "
+             "s), over the seeds every dataset has. `--compare A,B` gives paired differences with intervals."]
     envs = summary["environments"]
     if summary["base2new"]:
         parts += ["## Base-to-novel: average over datasets", base2new_average_table(summary, reference),
@@ -492,19 +506,36 @@ def plot_base2new_bars(summary: dict[str, Any], path: str) -> None:
     for ax, metric, title in zip(axes, ("base", "new", "hm"), ("Base accuracy", "Novel accuracy", "HM")):
         series = {_bar_label(s): [{**s["datasets"], "Average": s["average"]}.get(d, {}).get(metric, np.nan)
                                   for d in names] for s in systems}
-        _grouped_bars(ax, names, series, f"{title} (%)")
-    axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside, never over, the bars
+        errors = None if metric == "hm" else {
+            _bar_label(s): [_interval(s["average"][metric], (s["average"][f"{metric}_per_seed"] or {}).get("ci95"))
+                            if d == "Average" else _interval(s["datasets"][d][metric], s["datasets"][d][f"{metric}_ci95"])
+                            if d in s["datasets"] else None for d in names] for s in systems}
+        _grouped_bars(ax, names, series, f"{title} (%)", errors)
+    axes[0].set_title(f"error bars: {ERROR_BARS}; HM (HM of the means) has none", fontsize="small")
+    axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),   # beside, never over, the bars
+                   title="error bars: 95% interval", title_fontsize="small")
     axes[-1].set_xticks(np.arange(len(names)), names, rotation=45, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
-def _grouped_bars(ax, names: Sequence[str], series: dict[str, Sequence[float]], ylabel: str) -> None:
-    """One group of bars per name, one bar per series (NaN: no bar)."""
+def _interval(mean: float, ci95: Sequence[float] | None) -> tuple[float, float] | None:
+    """An error bar (below, above) around `mean`; None without an interval."""
+    return None if ci95 is None else (mean - ci95[0], ci95[1] - mean)
+
+
+def _grouped_bars(ax, names: Sequence[str], series: dict[str, Sequence[float]], ylabel: str,
+                  errors: dict[str, Sequence[tuple[float, float] | None]] | None = None) -> None:
+    """One group of bars per name, one bar per series (NaN: no bar), with (below, above) error bars if given."""
     width, x = 0.8 / len(series), np.arange(len(names))
     for i, (name, ys) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=name)
+        yerr = None
+        if errors is not None:
+            bars = [e or (0.0, 0.0) for e in errors[name]]
+            yerr = np.array(bars, dtype=float).T
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=name, yerr=yerr, capsize=2,
+               error_kw={"elinewidth": 0.8})
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
 
@@ -513,13 +544,19 @@ def plot_transfer_bars(rows: list[dict[str, Any]], table: TransferTable, path: s
     """Grouped bars: accuracy on the source and on each target (plus their mean), one bar per method."""
     plt = _pyplot()
     names = [table.source, *table.targets, *(["Average"] if table.average else [])]
-    series = {f"{label(r['method'], r['tag'])} ({r['backbone']}, {r['shots']} shots)":
-              [r["average"]["accuracy"] if n == "Average" else r["accuracy"].get(n, {}).get("mean", np.nan)
-               for n in names] for r in rows}
+    series, errors = {}, {}
+    for r in rows:
+        name = f"{label(r['method'], r['tag'])} ({r['backbone']}, {r['shots']} shots)"
+        series[name] = [r["average"]["accuracy"] if n == "Average" else r["accuracy"].get(n, {}).get("mean", np.nan)
+                        for n in names]
+        errors[name] = [_interval(r["average"]["accuracy"], r["average"]["per_seed"]["ci95"]) if n == "Average"
+                        else _interval(r["accuracy"][n]["mean"], r["accuracy"][n]["ci95"]) if n in r["accuracy"]
+                        else None for n in names]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) * max(1, len(rows)) ** 0.5), 4))
-    _grouped_bars(ax, names, series, "accuracy (%)")
-    ax.set_title(table.title)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _grouped_bars(ax, names, series, "accuracy (%)", errors)
+    ax.set_title(f"{table.title}\n(error bars: {ERROR_BARS})", fontsize="medium")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="error bars: 95% interval",
+              title_fontsize="small")
     ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -659,8 +696,11 @@ def write_plots(groups: list[Group], summary: dict[str, Any], out_dir: str) -> l
 def report(runs_dir: str, out_dir: str | None = None, reference: bool = False, skip_unfinished: bool = False,
            plots: bool = True) -> dict[str, Any]:
     """Reads every run below `runs_dir`, writes results.md, results.json and PNGs to `out_dir`; returns the summary."""
+    if paths.as_path(runs_dir).is_file() and (out_dir is None or _same_path(out_dir, _parent(runs_dir))):
+        raise ReportError(f"a report rebuilt from the aggregate {runs_dir} would overwrite it",
+                          hint="pass --out with another directory")
     out_dir = out_dir or runs_dir
-    groups = group_runs(find_runs(runs_dir, skip_unfinished))
+    groups = group_runs(load_runs(runs_dir, skip_unfinished))
     summary = summarize(runs_dir, groups, reference)
     paths.make_dirs(out_dir)
     with tempfile.TemporaryDirectory() as scratch:      # matplotlib writes local files; a bucket gets uploads
@@ -676,15 +716,47 @@ def report(runs_dir: str, out_dir: str | None = None, reference: bool = False, s
     return summary
 
 
+def _parent(path: str) -> str:
+    return str(paths.as_path(path).parent)
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b) if not paths.is_remote(a) else a.rstrip("/") == b.rstrip("/")
+
+
+def compare_report(source: str, pair: str, out_dir: str | None = None, skip_unfinished: bool = False) -> str:
+    """`--compare A,B`: the paired differences as Markdown (returned), and compare_A_B.json / .md in `out_dir`
+    (default: the runs directory, or the directory of an aggregate results.json)."""
+    a, b = compare.parse_pair(pair)
+    result = compare.compare(group_runs(load_runs(source, skip_unfinished)), a, b)
+    result["source"] = source
+    md = compare.markdown(result)
+    out_dir = out_dir or (_parent(source) if paths.as_path(source).is_file() else source)
+    paths.make_dirs(out_dir)
+    name = f"compare_{_slug(a)}_{_slug(b)}"
+    paths.write_json_atomic(paths.join(out_dir, f"{name}.json"), result)
+    paths.write_text_atomic(paths.join(out_dir, f"{name}.md"), md)
+    return md + f"\n-> {paths.join(out_dir, name + '.json')}, {paths.join(out_dir, name + '.md')}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aple_jax.report", description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", help="directory searched recursively for run directories (results.json)")
+    parser.add_argument("runs_dir", help="directory searched recursively for run directories (results.json), or an "
+                                         "aggregate results.json this command wrote (its per-seed values)")
     parser.add_argument("--out", help="where results.md, results.json and the PNGs go (default: RUNS_DIR)")
     parser.add_argument("--reference", action="store_true", help="add the published rows of protocol.md §6")
     parser.add_argument("--skip-unfinished", action="store_true",
                         help="leave out run directories without results.json instead of failing")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--compare", metavar="A,B",
+                        help="instead of the report: the paired difference A - B (method or method-tag) per dataset "
+                             "and on the average, with 95%% intervals and a verdict; printed, and written as "
+                             "compare_A_B.json/.md")
     args = parser.parse_args(argv)
+    if args.compare:
+        with error_boundary():
+            print(compare_report(args.runs_dir, args.compare, args.out, args.skip_unfinished))
+        return 0
     with error_boundary():
         summary = report(args.runs_dir, args.out, args.reference, args.skip_unfinished, not args.no_plots)
     out = args.out or args.runs_dir

@@ -108,9 +108,12 @@ def _system(summary_dict, method, tag=""):
 def test_per_dataset_stats(summary):
     pets = _system(summary[0], "aple")["datasets"]["OxfordPets"]
     assert pets["base"] == pytest.approx(96.0)
-    assert pets["base_std"] == pytest.approx(math.sqrt(2 / 3))          # population std of 95, 96, 97
+    assert pets["base_std"] == pytest.approx(1.0)                        # sample std (n-1) of 95, 96, 97
+    half = 4.302652730 / math.sqrt(3)                                    # t(0.975, 2 df) x std / sqrt(n)
+    assert pets["base_ci95"] == pytest.approx([96 - half, 96 + half])
     assert pets["new"] == pytest.approx(97.0)
-    assert pets["new_std"] == pytest.approx(math.sqrt(1 / 6))           # of 97.5, 97, 96.5
+    assert pets["new_std"] == pytest.approx(0.5)                         # of 97.5, 97, 96.5
+    assert pets["new_ci95"] == pytest.approx([97 - half / 2, 97 + half / 2])
     assert pets["hm"] == pytest.approx(2 * 96 * 97 / 193)               # HM of the means, 96.497...
     assert pets["seeds"] == [1, 2, 3]
     assert "DTD" in _system(summary[0], "aple")["datasets"]            # DescribableTextures -> table name
@@ -128,6 +131,11 @@ def test_eleven_dataset_average_is_hm_of_averages(summary):
         assert avg["base"] == pytest.approx(base) and avg["new"] == pytest.approx(new)
         assert avg["hm"] == pytest.approx(hm(base, new))
         assert abs(avg["hm"] - mean_of_hms) > 1.0                       # the fixture tells the two rules apart
+        # the interval: over seeds, of seed s's mean over the 11 datasets
+        per_seed = [statistics.mean(accuracies(method, d, s)[0] for d in DATASETS) for s in SEEDS]
+        half = 4.302652730 * statistics.stdev(per_seed) / math.sqrt(3)
+        assert avg["seeds"] == [1, 2, 3] and avg["base_per_seed"]["values"] == pytest.approx(per_seed)
+        assert avg["base_per_seed"]["ci95"] == pytest.approx([base - half, base + half])
 
 
 def test_incomplete_average_is_labelled(summary):
@@ -156,9 +164,11 @@ def test_transfer_tables(summary):
 
 def test_markdown_rows_side_by_side_with_reference(summary):
     md = (summary[1] / "results.md").read_text()
-    assert "| OxfordPets | aple | ViT-B/16 | 16 | 1,2,3 | 96.00 ± 0.82 | 97.00 ± 0.41 | 96.50 |" in md
+    assert ("| OxfordPets | aple | ViT-B/16 | 16 | 1,2,3 | 96.00 ± 1.00 [93.52, 98.48] | 97.00 ± 0.50 [95.76, 98.24] "
+            "| 96.50 |") in md
     assert "| OxfordPets | PromptSRC (reference) | ViT-B/16 | 16 | – | 95.33 | 97.30 | 96.30 |" in md
-    assert "| MaPLe (reference) | ViT-B/16 | 16 | 11 | 82.28 | 75.14 | 78.55 | README: MaPLe |" in md
+    assert "| MaPLe (reference) | ViT-B/16 | 16 | 11 | – | 82.28 | 75.14 | 78.55 | README: MaPLe |" in md
+    assert "mean ± sample std (n-1) over seeds, [95% interval of the mean] (Student t" in md
     saved = json.loads((summary[1] / "results.json").read_text())
     assert saved["kind"] == R.REPORT_KIND and len(saved["groups"]) == 22 + 5 + 2
 
@@ -316,7 +326,7 @@ def test_world_transfer_tables(tmp_path):
     assert wdg["accuracy"]["WorldScenes-Swap"]["mean"] == pytest.approx(5.0 * 7 + 2)
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## World cross-dataset: WorldScenes-Tint (source) -> the other families" in md
-    assert "| aple | world | 16 | 1,2,3 | 2.00 ± 0.82 | 7.00 ± 0.82 |" in md   # source, then clean WorldScenes
+    assert "| aple | world | 16 | 1,2,3 | 2.00 ± 1.00 [-0.48, 4.48] | 7.00 ± 1.00 [4.52, 9.48] |" in md   # source, WorldScenes
 
 
 def _environment(jax_version: str) -> dict:
@@ -346,3 +356,24 @@ def test_runs_without_an_environment_are_marked(summary):
     md = (summary[1] / "results.md").read_text()
     assert f"environment not recorded: {summary[0]['num_runs']} runs" in md          # under "Every group"
     assert "environment not recorded: 81 runs" in md and "Environment" not in md     # base-to-novel: 33 + 33 + 15
+
+
+def test_bars_carry_the_95_percent_intervals(summary, tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = []
+    original = matplotlib.axes.Axes.bar
+
+    def bar(self, x, height, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(height), kwargs.get("yerr")))
+        return original(self, x, height, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
+    R.plot_base2new_bars(summary[0], str(tmp_path / "bars.png"))
+    names = sorted({d for s in summary[0]["base2new"] for d in s["datasets"]}, key=R._dataset_order) + ["Average"]
+    base = next(d for d in drawn if d[0].startswith("aple (") and d[2] is not None)   # the first panel: Base
+    pets = names.index("OxfordPets")
+    half = 4.302652730 / math.sqrt(3)
+    assert base[1][pets] == pytest.approx(96.0) and list(base[2][:, pets]) == pytest.approx([half, half])
+    assert base[2][0, -1] > 0                                                        # the average has its interval
+    assert sum(d[2] is None for d in drawn) == len(summary[0]["base2new"])           # HM: no error bars
