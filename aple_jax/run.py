@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from aple_jax import (checkpoint, config_schema, environment, evaluate, interop, paths, preemption, prompt_files,
-                      report_classes, sharding, train)
+                      report_classes, run_lock, sharding, train)
 from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
@@ -170,18 +170,20 @@ def run_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]], stop_at_step: i
 
 
 def _run_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]], stop_at_step: int | None) -> list[Any]:
-    results: dict[str, Any] = {}
-    pending = []
-    for config, workdir in jobs:
+    for _, workdir in jobs:
         paths.make_dirs(workdir)
-        check_workdir_config(workdir, config, write=jax.process_index() == 0)
-        path = paths.join(workdir, "results.json")
-        if path.exists():
-            results[workdir] = paths.read_json(path, hint=f"delete {path} to evaluate the run again")
-        else:
-            pending.append((config, workdir))
-    if pending:
-        results.update(_run_pending(pending, stop_at_step))
+    with run_lock.hold([workdir for _, workdir in jobs]):   # before anything is written there
+        results: dict[str, Any] = {}
+        pending = []
+        for config, workdir in jobs:
+            check_workdir_config(workdir, config, write=jax.process_index() == 0)
+            path = paths.join(workdir, "results.json")
+            if path.exists():
+                results[workdir] = paths.read_json(path, hint=f"delete {path} to evaluate the run again")
+            else:
+                pending.append((config, workdir))
+        if pending:
+            results.update(_run_pending(pending, stop_at_step))
     return [results[workdir] for _, workdir in jobs]
 
 

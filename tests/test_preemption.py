@@ -3,19 +3,21 @@ says how to resume, the exit status is 128 + the signal's number, and the resume
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
+import fsspec
 import numpy as np
 import pytest
 
-from aple_jax import checkpoint
+from aple_jax import checkpoint, paths
 from aple_jax.errors import EXIT_SIGINT, EXIT_SIGTERM
 from aple_jax.prompt_files import PROMPTS_META_KEY
 from aple_jax.run import run
 from tests.cli import REPO
-from tests.helpers import tiny_config
+from tests.helpers import result_line, tiny_config
 
 # :tiny CoOp: 80 training images at batch 16, 5 steps per epoch, 4 epochs; two grain worker processes.
 WORKERS = 2
@@ -57,6 +59,7 @@ def assert_stopped(proc: subprocess.CompletedProcess, status: int, workdir, step
     assert len(lines) == 1, report
     assert f"at step {step}: checkpoint saved in {workdir}" in lines[0], report
     assert "to resume, run the same command again: " in lines[0] and f"--workdir {workdir}" in lines[0], report
+    assert not os.path.exists(os.path.join(workdir, "run.lock"))   # released on the way out
     steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert steps[-1] == step, steps
     workers = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("DESCENDANTS "))[12:])
@@ -99,3 +102,46 @@ def test_ctrl_c_at_an_epoch_end_saves_after_the_epoch_without_a_traceback(tmp_pa
     with checkpoint.RunCheckpoints(str(tmp_path)) as ckpt:
         meta = ckpt.restore_meta(10)
     assert (meta["epoch"], meta["epoch_step"]) == (2, 0)
+
+
+def two_processes(gcs_emulator, workdir: str, *args: str) -> list[tuple[int, dict, str]]:
+    """tests/run_worker.py as processes 0 and 1 of one :tiny CoOp run: (exit status, RESULT, stderr) of each;
+    `args` go to process 0 only."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, **gcs_emulator.env, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)   # a cache hit in one process only can outwait Gloo's 30 s setup
+    procs = [subprocess.Popen([sys.executable, "tests/run_worker.py", workdir, "coop", "--set=log_every=1",
+                               *(args if pid == 0 else ()), "--distributed", f"127.0.0.1:{port}", "2", str(pid)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [(p.returncode, result_line(out), err) for p, (out, err) in zip(procs, outs)]
+
+
+@pytest.mark.slow
+@pytest.mark.gcs
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_in_a_bucket(gcs_emulator, gcs):
+    full = two_processes(gcs_emulator, f"{gcs}/full")
+    assert [status for status, _, _ in full] == [0, 0], full[0][2][-3000:] + full[1][2][-3000:]
+    cut = two_processes(gcs_emulator, f"{gcs}/cut", "--sigterm-at=3")
+    report = "\n".join(err[-3000:] for _, _, err in cut)
+    assert [status for status, _, _ in cut] == [EXIT_SIGTERM, EXIT_SIGTERM], report
+    steps = {result["interrupted"] for _, result, _ in cut}
+    assert len(steps) == 1, report                       # both processes stopped at the same step ...
+    step = steps.pop()
+    assert 3 < step < 20, report                         # ... agreed after the signal, before the run's end
+    saved = sorted(int(n.rstrip("/").rsplit("/", 1)[-1]) for n in fsspec.filesystem("gs").ls(
+        f"{gcs}/cut/checkpoints".removeprefix("gs://")) if n.rstrip("/").rsplit("/", 1)[-1].isdigit())
+    assert saved[-1] == step, saved
+    assert not paths.join(f"{gcs}/cut", "run.lock").exists()
+    resumed = two_processes(gcs_emulator, f"{gcs}/cut")
+    assert [status for status, _, _ in resumed] == [0, 0], resumed[0][2][-3000:]
+    assert resumed[0][1]["prompts"] == full[0][1]["prompts"]
