@@ -5,7 +5,8 @@ Only sigma = 0.05 and alpha = 0.9 come from a (secondary) summary of the paper; 
 reconstruction, documented in docs/aple.md: prompts 4+4 at depth 9 and SGD lr 0.0025 / batch 4 as PromptSRC's IVLP,
 5 + 5 + 5 epochs as a placeholder to sweep.
 Run: python launch.py --config configs/aple.py:dataset=OxfordPets,seed=1,weights=/path/ViT-B-16 --workdir DIR
-Demo (no files needed): python launch.py --config configs/aple.py:demo --workdir /tmp/aple_demo  (the world preset)
+Demo (no files needed): python launch.py --config configs/aple.py:demo --workdir /tmp/aple_demo  (the world preset,
+seeds 1, 2 and 3 in one program)
 """
 import ml_collections
 

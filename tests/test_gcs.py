@@ -163,7 +163,7 @@ def test_readme_demo_with_a_bucket_workdir_and_bucket_weights(gcs_emulator, gcs)
     from aple_jax.world import WORLD_CLIP_DIR
     _upload(WORLD_CLIP_DIR, f"{gcs}/weights/world")
     workdir = f"{gcs}/runs/demo"
-    out = subprocess.run([sys.executable, "launch.py", "--config", "configs/aple.py:demo", "--workdir", workdir,
+    out = subprocess.run([sys.executable, "launch.py", "--config", "configs/aple.py:demo,seed=1", "--workdir", workdir,
                           f"--config.backbone.weights={gcs}/weights/world", "--config.progress=False"], cwd=ROOT,
                          env=_worker_env(gcs_emulator), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

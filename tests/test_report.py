@@ -277,9 +277,20 @@ def test_format_run_puts_zero_shot_beside_the_run():
     assert R.format_run(run).splitlines()[-1] == "| zero-shot CLIP | X | - | 1.00 | 3.00 | 1.50 |"
 
 
-def test_format_run_of_packed_seeds_has_a_row_per_seed():
-    runs = [{"method": "aple", "dataset": "DTD", "seed": s, "accuracy": {"all": 50.0 + s}} for s in (2, 3)]
-    assert R.format_run(runs).splitlines()[2:] == ["| aple | DTD | 2 | 52.00 |", "| aple | DTD | 3 | 53.00 |"]
+def test_format_run_of_packed_seeds_has_a_row_per_seed_then_their_mean_spread_and_zero_shot():
+    runs = [{"method": "aple", "dataset": "X", "seed": s, "accuracy": {"base": b, "new": n}, "hm": hm(b, n),
+             "zero_shot": {"accuracy": {"base": 1.0, "new": 3.0}}} for s, b, n in ((1, 40, 20), (2, 42, 22), (3, 47, 24))]
+    # base: mean 43, sample std sqrt(13) = 3.61, half-width 4.3027 x 3.6056 / sqrt(3) = 8.957; new: 22, 2, 4.968
+    assert R.format_run(runs).splitlines()[2:] == [
+        "| aple | X | 1 | 40.00 | 20.00 | 26.67 |", "| aple | X | 2 | 42.00 | 22.00 | 28.88 |",
+        "| aple | X | 3 | 47.00 | 24.00 | 31.77 |",
+        "| aple | X | mean ± std | 43.00 ± 3.61 | 22.00 ± 2.00 | 29.11 |",
+        "| aple | X | 95% interval | [34.04, 51.96] | [17.03, 26.97] | – |",
+        "| zero-shot CLIP | X | - | 1.00 | 3.00 | 1.50 |",
+        "", "3 seeds: mean ± sample std (n-1); 95% interval of the mean (Student t); HM of the means"]
+    one = [{"method": "aple", "dataset": "DTD", "seed": s, "accuracy": {"all": 50.0 + s}} for s in (2, 3)]
+    assert R.format_run(one).splitlines()[2:5] == ["| aple | DTD | 2 | 52.00 |", "| aple | DTD | 3 | 53.00 |",
+                                                   "| aple | DTD | mean ± std | 52.50 ± 0.71 |"]
 
 
 def test_reference_numbers_are_internally_consistent():
