@@ -59,9 +59,9 @@ class Interrupted(BaseException):
     swallows it). `step`: the training step saved before stopping (None: stopped outside training, nothing new
     to save); `where`: the run directories."""
 
-    def __init__(self, signum: int, step: int | None = None, where: tuple[str, ...] = ()):
+    def __init__(self, signum: int, step: int | None = None, where: tuple[str, ...] = (), note: str = ""):
         super().__init__(signum, step, where)
-        self.signum, self.step, self.where = signum, step, where
+        self.signum, self.step, self.where, self.note = signum, step, where, note
 
     @property
     def exit_status(self) -> int:
@@ -69,6 +69,8 @@ class Interrupted(BaseException):
 
     def __str__(self) -> str:
         name = signal.Signals(self.signum).name
+        if self.note:
+            return f"{name} {self.note}"
         dirs = ", ".join(self.where) or "the run directory"
         if self.step is None:
             return f"{name} stopped the run outside training (nothing new to save) in {dirs}"

@@ -8,30 +8,36 @@ Run directories: RUNS_DIR/<config stem>[-<tag>]/<setting>/<dataset>/shots_<k>/se
 all, transfer-xd (`:xd`), transfer-dg (`:dg`) or transfer. A directory that holds results.json is skipped.
 Each run's whole output also goes to `train.log` in its directory. A failing run does not stop the sweep (unless
 --stop-on-error): the failed runs are listed at the end and the exit status is 1; rerunning finishes what is missing.
+SIGTERM or Ctrl-C is passed on to the running run(s), which save the step under way; no further run starts, the
+summary lists the interrupted runs and the exit status is 143 or 130 (docs/errors.md); rerunning resumes them.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import concurrent.futures
+import contextlib
 import dataclasses
 import importlib.util
 import multiprocessing
 import os
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Sequence
 
 import ml_collections
 
-from aple_jax import config_schema, paths
+from aple_jax import config_schema, paths, preemption
 from aple_jax.capture import tee_output
 from aple_jax.data.names import canonical_name
-from aple_jax.errors import CheckpointError, ConfigError, did_you_mean, error_boundary
+from aple_jax.errors import CheckpointError, ConfigError, Interrupted, did_you_mean, error_boundary
 from aple_jax.progress import format_duration
 from aple_jax.prompt_files import flatten_config
 from aple_jax.report import dataset_name, differing_keys, format_run, read_json
@@ -226,36 +232,60 @@ def execute(runs: list[PlannedRun], dry_run: bool, stop_on_error: bool = False, 
             todo.append((where, group))
     if dry_run:
         return []
-    tally = Tally(len(todo))
-    if jobs == 1:
-        for where, group in todo:
-            tally.started(where, group)
-            results, error = run_logged(group, where)
-            if error is not None and stop_on_error:
-                raise error
-            tally.ended(where, group, results, None if error is None else _one_line(error))
-    else:
-        run_parallel(todo, cores, tally)
-    print_summary(runs, tally.ran, tally.failed, time.monotonic() - tally.start)
+    tally = Tally(len(todo), sum(1 for _, group in todo for r in group if not r.finished))
+    stopped = run_serial(todo, tally, stop_on_error) if jobs == 1 else run_parallel(todo, cores, tally)
+    print_summary(runs, tally, time.monotonic() - tally.start)
+    if stopped is not None:
+        raise Interrupted(stopped, where=tuple(r.workdir for r, _ in tally.interrupted),
+                          note=f"stopped the sweep: {len(tally.interrupted)} run(s) interrupted (a run in training "
+                               f"saved the step under way), {tally.pending - tally.ran} not started")
     return tally.failed
+
+
+def run_serial(todo: list[tuple[str, list[PlannedRun]]], tally: "Tally", stop_on_error: bool) -> int | None:
+    """Runs the units of `todo` one after another in this process; a stop signal ends the run under way (which
+    saves its step) and the sweep: returns that signal, or None."""
+    with preemption.handle_signals():
+        where, group = "", []
+        try:
+            for where, group in todo:
+                tally.started(where, group)
+                results, error = run_logged(group, where)
+                if error is not None and stop_on_error:
+                    raise error
+                tally.ended(where, group, results, None if error is None else _one_line(error))
+        except Interrupted as e:
+            if tally.running(where):
+                tally.ended(where, group, None, str(e), interrupted=True)
+            return e.signum
+    return None
 
 
 class Tally:
     """The sweep's progress lines: each unit of work started and ended, elapsed time, ETA, and the failures."""
 
-    def __init__(self, todo: int):
-        self.todo, self.start, self.done, self.ran = todo, time.monotonic(), 0, 0
+    def __init__(self, todo: int, pending: int):
+        self.todo, self.pending, self.start, self.done, self.ran = todo, pending, time.monotonic(), 0, 0
         self.failed: list[tuple[PlannedRun, str]] = []
+        self.interrupted: list[tuple[PlannedRun, str]] = []
         self._began: dict[str, tuple[float, list[PlannedRun]]] = {}
 
     def started(self, where: str, group: list[PlannedRun], note: str = "") -> None:
         self._began[where] = time.monotonic(), [r for r in group if not r.finished]
         print(f"[{where}] run {_group_name(group)}{note} ({_clock(self.start, self.done, self.todo)})", flush=True)
 
-    def ended(self, where: str, group: list[PlannedRun], results: Any, error: str | None) -> None:
+    def running(self, where: str) -> bool:
+        return where in self._began
+
+    def ended(self, where: str, group: list[PlannedRun], results: Any, error: str | None,
+              interrupted: bool = False) -> None:
         began, pending = self._began.pop(where)
         self.done, self.ran = self.done + 1, self.ran + len(pending)
         took = format_duration(time.monotonic() - began)
+        if interrupted:
+            self.interrupted += [(r, error) for r in pending]
+            print(f"[{where}] INTERRUPTED {_group_name(group)} after {took}: {error}", flush=True)
+            return
         if error is None:
             print(format_run(results), flush=True)
             print(f"[{where}] finished {_group_name(group)} in {took} ({_clock(self.start, self.done, self.todo)})",
@@ -287,16 +317,20 @@ def core_sets(jobs: int, stop_on_error: bool = False) -> list[tuple[int, ...]]:
     return [tuple(cores[i::jobs]) for i in range(jobs)]
 
 
-def run_parallel(todo: list[tuple[str, list[PlannedRun]]], cores: list[tuple[int, ...]], tally: Tally) -> None:
+def run_parallel(todo: list[tuple[str, list[PlannedRun]]], cores: list[tuple[int, ...]],
+                 tally: Tally) -> int | None:
     """Runs the units of `todo` as many at a time as there are core sets, each in a fresh child process pinned to
     one set. The parent prints the start, result and end lines; a job's own output goes to a live log on local
-    disk while it runs (named in its start line, for `tail -f`) and to its runs' train.log at the end."""
+    disk while it runs (named in its start line, for `tail -f`) and to its runs' train.log at the end.
+
+    A stop signal is passed on to every running child (each saves its step); no further unit starts. Returns that
+    signal, or None."""
     context = multiprocessing.get_context("spawn")   # a fresh interpreter: JAX must not be forked
     free, queue = list(cores), list(todo)
     running: dict[concurrent.futures.Future, tuple[str, list[PlannedRun], tuple[int, ...], Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="aple_jax_sweep_") as live_dir:
+    with tempfile.TemporaryDirectory(prefix="aple_jax_sweep_") as live_dir, _passed_on() as stopped:
         while queue or running:
-            while queue and free:
+            while queue and free and not stopped:
                 (where, group), job_cores = queue.pop(0), free.pop(0)
                 live_log = os.path.join(live_dir, f"job{where.split('/')[0]}.log")
                 on = f" on cores {','.join(map(str, job_cores))}" if job_cores else ""
@@ -304,10 +338,40 @@ def run_parallel(todo: list[tuple[str, list[PlannedRun]]], cores: list[tuple[int
                 pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
                 future = pool.submit(run_in_child, group, where, job_cores, live_log)
                 running[future] = (where, group, job_cores, pool)
-            _collect(running, free, tally)
+            if stopped:
+                queue.clear()
+            if running:
+                _collect(running, free, tally, stopped)
+    return stopped[0] if stopped else None
 
 
-def _collect(running: dict[concurrent.futures.Future, tuple], free: list[tuple[int, ...]], tally: Tally) -> None:
+@contextlib.contextmanager
+def _passed_on() -> Iterator[list[int]]:
+    """Within the block a stop signal is passed on to this process's children (the running jobs) and recorded in
+    the list it yields (in the main thread; elsewhere nothing changes)."""
+    stopped: list[int] = []
+
+    def forward(signum: int, frame) -> None:
+        del frame
+        if not stopped:
+            stopped.append(signum)
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+    previous = {s: signal.signal(s, forward) for s in preemption.STOP_SIGNALS}
+    try:
+        yield stopped
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _collect(running: dict[concurrent.futures.Future, tuple], free: list[tuple[int, ...]], tally: Tally,
+             stopped: list[int]) -> None:
     """Waits for at least one running job to end, reports it and frees its cores."""
     finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
     for future in finished:
@@ -315,23 +379,29 @@ def _collect(running: dict[concurrent.futures.Future, tuple], free: list[tuple[i
         pool.shutdown()
         free.append(job_cores)
         try:
-            results, error = future.result()
+            results, error, interrupted = future.result()
         except Exception as e:   # noqa: BLE001 -- the child died (e.g. killed for memory): a failed run
             results, error = None, f"the run's process ended abnormally ({_one_line(e)})"
-        tally.ended(where, group, results, error)
+            interrupted = bool(stopped)   # or the signal passed on reached it before it could save anything
+        tally.ended(where, group, results, error, interrupted)
 
 
 def run_in_child(group: list[PlannedRun], where: str, cores: tuple[int, ...],
-                 live_log: str) -> tuple[Any, str | None]:
+                 live_log: str) -> tuple[Any, str | None, bool]:
     """A parallel job's body, in its child process: pinned to `cores`, its output into `live_log` instead of the
-    terminal, the run logged as in a serial sweep; returns its results or its error's first line."""
-    if cores:
-        os.sched_setaffinity(0, cores)   # before JAX starts: XLA sizes its thread pools by the cores it may use
-    live = os.open(live_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(live, 1)
-    os.dup2(live, 2)
-    results, error = run_logged(group, where, f"on CPU cores {list(cores)}" if cores else "")
-    return results, None if error is None else _one_line(error)
+    terminal, the run logged as in a serial sweep; returns its results or its error's first line, and whether a
+    stop signal interrupted it."""
+    with preemption.handle_signals():
+        if cores:
+            os.sched_setaffinity(0, cores)   # before JAX starts: XLA sizes its thread pools by the cores it may use
+        live = os.open(live_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(live, 1)
+        os.dup2(live, 2)
+        try:
+            results, error = run_logged(group, where, f"on CPU cores {list(cores)}" if cores else "")
+        except Interrupted as e:
+            return None, str(e), True
+    return results, None if error is None else _one_line(error), False
 
 
 def _group_name(group: list[PlannedRun]) -> str:
@@ -361,6 +431,9 @@ def run_logged(group: list[PlannedRun], where: str, note: str = "") -> tuple[Any
                 e.add_note(f"in sweep run {where}: {group[0].command()}")
                 captured.append(traceback.format_exc())
                 error = e
+            except Interrupted as e:
+                captured.append(f"interrupted: {e}\n")
+                raise
         finally:
             for r in group:
                 log = paths.join(r.workdir, "train.log")
@@ -376,15 +449,20 @@ def _clock(start: float, done: int, todo: int) -> str:
     return f"elapsed {format_duration(elapsed)}{eta}"
 
 
-def print_summary(runs: list[PlannedRun], done: int, failed: list[tuple[PlannedRun, str]], seconds: float) -> None:
-    """How many runs finished, were skipped or failed; each failed run with its error and log."""
-    skipped = len(runs) - done
-    print(f"sweep: {done - len(failed)} finished, {skipped} skipped (finished before), {len(failed)} failed, "
-          f"in {format_duration(seconds)}", flush=True)
-    if failed:
-        print("failed runs (rerun the sweep to retry them; finished runs are skipped):", flush=True)
-        for r, message in failed:
-            print(f"  {r.workdir}: {message} (log: {paths.join(r.workdir, 'train.log')})", flush=True)
+def print_summary(runs: list[PlannedRun], tally: Tally, seconds: float) -> None:
+    """How many runs finished, were skipped, failed, were interrupted or not started; each failed or interrupted
+    run with its error and log."""
+    failed, interrupted = tally.failed, tally.interrupted
+    not_started = tally.pending - tally.ran
+    stopped = f", {len(interrupted)} interrupted, {not_started} not started" if interrupted or not_started else ""
+    print(f"sweep: {tally.ran - len(failed) - len(interrupted)} finished, {len(runs) - tally.pending} skipped "
+          f"(finished before), {len(failed)} failed{stopped}, in {format_duration(seconds)}", flush=True)
+    for title, rows in (("failed runs (rerun the sweep to retry them; finished runs are skipped):", failed),
+                        ("interrupted runs (rerun the sweep to resume them from their checkpoints):", interrupted)):
+        if rows:
+            print(title, flush=True)
+            for r, message in rows:
+                print(f"  {r.workdir}: {message} (log: {paths.join(r.workdir, 'train.log')})", flush=True)
 
 
 def print_commands(runs: list[PlannedRun]) -> None:

@@ -1,5 +1,6 @@
 """SIGTERM and Ctrl-C through the real command line: the step under way is saved, loader workers stop, one line
 says how to resume, the exit status is 128 + the signal's number, and the resumed run ends bit-identical."""
+import glob
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from aple_jax.prompt_files import PROMPTS_META_KEY
 from aple_jax.run import run
 from tests.cli import REPO
 from tests.helpers import result_line, tiny_config
+from tests.signal_worker import descendants
 
 # :tiny CoOp: 80 training images at batch 16, 5 steps per epoch, 4 epochs; two grain worker processes.
 WORKERS = 2
@@ -145,3 +147,73 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_in_a_bucket(gcs_
     resumed = two_processes(gcs_emulator, f"{gcs}/cut")
     assert [status for status, _, _ in resumed] == [0, 0], resumed[0][2][-3000:]
     assert resumed[0][1]["prompts"] == full[0][1]["prompts"]
+
+
+def sweep_argv(runs_dir, *extra: str) -> list[str]:
+    return ["-m", "aple_jax.sweep", "--configs", "configs/coop.py", "--seeds", "1,2", "--args", "tiny",
+            "--runs-dir", str(runs_dir), "--override", "progress=False", "--override",
+            f"dataset.num_workers={WORKERS}", *extra]
+
+
+def seed_dirs(runs_dir) -> dict[int, str]:
+    return {int(d[-1]): d for d in glob.glob(os.path.join(runs_dir, "coop", "*", "*", "*", "seed*"))}
+
+
+def newest_step(workdir) -> int | None:
+    steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()] \
+        if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+    return max(steps, default=None)
+
+
+def assert_sweep_stopped(proc, runs_dir, interrupted: int, not_started: int) -> dict[int, str]:
+    report = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == EXIT_SIGTERM, report
+    assert "Traceback" not in proc.stderr, report
+    assert (f"sweep: 0 finished, 0 skipped (finished before), 0 failed, {interrupted} interrupted, "
+            f"{not_started} not started") in proc.stdout, report
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("interrupted: ")]
+    assert len(lines) == 1 and "SIGTERM stopped the sweep" in lines[0] and "-m aple_jax.sweep" in lines[0], report
+    dirs = seed_dirs(runs_dir)
+    listed = proc.stdout.split("interrupted runs (rerun the sweep to resume them from their checkpoints):")[1]
+    for seed in range(1, interrupted + 1):
+        assert dirs[seed] in listed, report
+        assert not os.path.exists(os.path.join(dirs[seed], "run.lock")), report
+        assert "interrupted: SIGTERM stopped training at step" in open(os.path.join(dirs[seed], "train.log")).read()
+    return dirs
+
+
+@pytest.mark.slow
+def test_a_serial_sweep_passes_sigterm_to_its_run_and_starts_no_other(tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "tests/signal_worker.py", "7", "SIGTERM", *sweep_argv(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    dirs = assert_sweep_stopped(proc, tmp_path, interrupted=1, not_started=1)
+    assert newest_step(dirs[1]) == 7
+    assert 2 not in dirs or newest_step(dirs[2]) is None    # the second run never started
+    workers = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("DESCENDANTS "))[12:])
+    assert workers and alive(workers) == []
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_passes_sigterm_to_every_child_and_each_saves(tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    sweep = subprocess.Popen([sys.executable, *sweep_argv(tmp_path, "--jobs", "2", "--override", "optim.epochs=40",
+                                                          "--override", "checkpoint_every_steps=1")],
+                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 500
+        while time.monotonic() < deadline and sweep.poll() is None:
+            dirs = seed_dirs(tmp_path)
+            if len(dirs) == 2 and all(newest_step(d) for d in dirs.values()):
+                break                                          # both children are training
+            time.sleep(0.5)
+        below = descendants(sweep.pid)
+        sweep.send_signal(signal.SIGTERM)
+        out, err = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    proc = subprocess.CompletedProcess(sweep.args, sweep.returncode, out, err)
+    dirs = assert_sweep_stopped(proc, tmp_path, interrupted=2, not_started=0)
+    assert all(0 < newest_step(d) < 200 for d in dirs.values())
+    assert len(below) >= 2 * (1 + WORKERS) and alive(below) == []   # the children and their loader workers
