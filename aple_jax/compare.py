@@ -68,8 +68,9 @@ def _row(block: Block, dataset: str, metric: str, a: dict[int, float], b: dict[i
     if pair is None:
         return None
     diff, seeds = pair
-    setting, backbone, shots, _, _ = block
-    return {"setting": setting, "backbone": backbone, "shots": shots, "dataset": dataset, "metric": metric,
+    setting, backbone, shots, _, source = block
+    return {"setting": setting, "backbone": backbone, "shots": shots, "source": source, "dataset": dataset,
+            "metric": metric,
             "a_mean": stats.Stat.of([a[s] for s in seeds]).mean, "b_mean": stats.Stat.of([b[s] for s in seeds]).mean,
             "difference": dataclasses.asdict(diff), "seeds": seeds, "datasets": datasets,
             "verdict": stats.verdict(diff.ci95, *names)}
@@ -128,8 +129,10 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         d = r["difference"]
         interval = "–" if d["ci95"] is None else f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
-        pairs = f"{len(r['seeds'])} seeds" + (f" x {r['datasets']} datasets" if r["dataset"] == AVERAGE else "")
-        cells = [r["setting"], r["backbone"], r["shots"], r["dataset"], r["metric"], f"{r['a_mean']:.2f}",
+        units = "targets" if r["source"] else "datasets"
+        pairs = f"{len(r['seeds'])} seeds" + (f" x {r['datasets']} {units}" if r["dataset"] == AVERAGE else "")
+        dataset = f"{r['source']} → {r['dataset']}" if r["source"] else r["dataset"]
+        cells = [r["setting"], r["backbone"], r["shots"], dataset, r["metric"], f"{r['a_mean']:.2f}",
                  f"{r['b_mean']:.2f}", f"{d['mean']:+.2f}", interval, pairs, r["verdict"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", f"Differences {a} − {b} paired by seed over the seeds both have (Pairs). Interval: the paired "

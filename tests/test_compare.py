@@ -139,3 +139,7 @@ def test_transfer_average_leaves_the_source_out(tmp_path):
     assert rows[("ImageNet", "accuracy")]["difference"]["mean"] == pytest.approx(-5.0)
     avg = rows[(compare.AVERAGE, "accuracy")]
     assert avg["datasets"] == 2 and avg["difference"]["values"] == pytest.approx([2.0, 2.0, 2.0])
+    assert avg["source"] == "ImageNet" and avg["verdict"] == "aple above maple"     # no spread: [2, 2]
+    md = compare.markdown(compare.compare(R.group_runs(R.find_runs(str(tmp_path))), "aple", "maple"))
+    assert "| transfer | ViT-B/16 | 16 | ImageNet → Caltech101 | accuracy |" in md
+    assert "| ImageNet → Average | accuracy | 55.50 | 53.50 | +2.00 | [+2.00, +2.00] | 3 seeds x 2 targets |" in md
