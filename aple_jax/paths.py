@@ -94,6 +94,17 @@ def missing_files(root: PathLike, keys: Iterable[str]) -> list[str]:
     return [k for k in keys if k not in present]
 
 
+def glob(pattern: str) -> list[str]:
+    """The files matching a glob pattern (`**` crosses folders), local or in a bucket, sorted."""
+    if not is_remote(pattern):
+        import glob as globbing
+        return sorted(p for p in globbing.glob(pattern, recursive=True) if os.path.isfile(p))
+    import fsspec
+    scheme, rest = pattern.split("://", 1)
+    found = fsspec.filesystem(scheme).glob(rest, detail=True)       # one listing, not a request per match
+    return sorted(f"{scheme}://{name}" for name, info in found.items() if info.get("type") == "file")
+
+
 def _fs(path: epath.Path):
     """(fsspec filesystem, bucket/key without scheme) of a remote path."""
     import fsspec

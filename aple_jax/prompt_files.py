@@ -43,11 +43,13 @@ def prompt_config(config: ml_collections.ConfigDict | dict[str, Any]) -> dict[st
 
 def prompts_meta(config: ml_collections.ConfigDict | dict[str, Any] | None,
                  classnames: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """What a prompts file records of its training: the PROMPT_KEYS of its config, its dataset and classes, and
-    `extra` entries (e.g. `source` for imported checkpoints)."""
+    """What a prompts file records of its training: the PROMPT_KEYS of its config (checked before its prompts are
+    evaluated), the whole config (`run_config`: what `aple_jax.predict` rebuilds the model from), its dataset and
+    classes, and `extra` entries (e.g. `source` for imported checkpoints)."""
     meta: dict[str, Any] = {"version": 1, **extra}
     if config is not None:
         meta["config"] = prompt_config(config)
+        meta["run_config"] = json.loads(config.to_json()) if isinstance(config, ml_collections.ConfigDict) else config
     if classnames is not None:
         meta["train"] = {"dataset": classnames["dataset"], "classnames": list(classnames["classnames"])}
     return meta

@@ -157,10 +157,12 @@ def plot_confusion(confusion: np.ndarray, classnames: Sequence[str], title: str,
 
 
 def run_slug(run_dir: str, runs_dir: str) -> str:
-    """A file-name stem for a run directory below `runs_dir` (its relative path)."""
+    """A file-name stem for a run directory: its path below `runs_dir`, or its name when it is `runs_dir`."""
     rel = os.path.relpath(run_dir, runs_dir) if not paths.is_remote(run_dir) else run_dir[len(runs_dir):]
     rel = rel.strip("/")
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", rel if rel and rel != "." else "run").strip("_")
+    if rel in ("", "."):
+        rel = os.path.basename(run_dir.rstrip("/")) or "run"
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", rel).strip("_")
 
 
 def run_markdown(results: Mapping[str, Any], title: str, pictures: Mapping[str, str]) -> str | None:

@@ -14,11 +14,9 @@ summary lists the interrupted runs and the exit status is 143 or 130 (docs/error
 from __future__ import annotations
 
 import argparse
-import ast
 import concurrent.futures
 import contextlib
 import dataclasses
-import importlib.util
 import multiprocessing
 import os
 import shlex
@@ -29,15 +27,15 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from types import ModuleType
 from typing import Any, Sequence
 
 import ml_collections
 
 from aple_jax import config_schema, paths, preemption
 from aple_jax.capture import tee_output
+from aple_jax.config_files import apply_override, load_config_module
 from aple_jax.data.names import canonical_name
-from aple_jax.errors import CheckpointError, ConfigError, Interrupted, did_you_mean, error_boundary
+from aple_jax.errors import CheckpointError, ConfigError, Interrupted, error_boundary
 from aple_jax.progress import format_duration
 from aple_jax.prompt_files import flatten_config
 from aple_jax.report import dataset_name, differing_keys, format_run, read_json
@@ -70,18 +68,6 @@ class PlannedRun:
         return " ".join(shlex.quote(w) for w in words)
 
 
-def load_config_module(path: str) -> ModuleType:
-    """A configs/*.py file as a module (it must define get_config(arg))."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path} does not exist", hint="pick one of configs/*.py")
-    spec = importlib.util.spec_from_file_location(f"sweep_config_{_stem(path)}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path} defines no get_config(arg)")
-    return module
-
-
 def expand_datasets(text: str) -> list[str]:
     """A comma-separated dataset list; `base2new11` stands for the 11 base-to-novel datasets, `world11` for the
     world's suite and `world3` for its three plain two-attribute datasets (docs/world.md); names are checked."""
@@ -94,41 +80,6 @@ def expand_datasets(text: str) -> list[str]:
         elif not name.startswith("tfds:"):
             canonical_name(name)    # raises UnknownDatasetError naming the known datasets
     return out
-
-
-def apply_override(c: ml_collections.ConfigDict, item: str) -> None:
-    """`key.sub=value` set on the config, typed like the current value (as launch.py's `--config.key=value`)."""
-    key, sep, text = item.partition("=")
-    if not sep:
-        raise ConfigError(f"override {item!r} is not key=value")
-    *parents, last = key.split(".")
-    node = c
-    for p in parents:
-        if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-            raise _unknown_key(c, item, key)
-        node = node[p]
-    if last not in node:
-        raise _unknown_key(c, item, key)
-    node[last] = parse_value(node[last], text, key)
-
-
-def _unknown_key(c: ml_collections.ConfigDict, item: str, key: str) -> ConfigError:
-    known = sorted(flatten_config(c.to_dict()))
-    return ConfigError(f"override {item!r}: unknown config key {key!r}{did_you_mean(key, known)}")
-
-
-def parse_value(current: Any, text: str, key: str) -> Any:
-    """`text` converted to the type of the field's `current` value."""
-    if isinstance(current, bool):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ConfigError(f"override {key}={text!r}: expected true or false")
-        return text.lower() in ("true", "1")
-    if isinstance(current, str):
-        return text
-    try:
-        return type(current)(text) if isinstance(current, (int, float)) else ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ConfigError(f"override {key}={text!r}: expected a value like {current!r}") from None
 
 
 def setting_dir(c: ml_collections.ConfigDict) -> str:

@@ -1,6 +1,6 @@
-"""Run in a subprocess with several (simulated) devices: evaluation counts and training results as JSON.
+"""Run in a subprocess with several (simulated) devices: evaluation counts, predictions and training results as JSON.
 
-`python tests/multidevice_worker.py eval|train|train_cached|numpy [--devices N] [--distributed COORD NPROC PID]`
+`python tests/multidevice_worker.py eval|predict|train|train_cached|numpy [--devices N] [--distributed COORD NPROC PID]`
 """
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def run_eval(mesh) -> dict:
     result = evaluate_batches(method, prompts, params, list(data.classnames), data.template, batches)
     return {"accuracy": result.accuracy, "num_examples": result.num_examples,
             "per_class": result.per_class_accuracy, "correct": round(result.accuracy * result.num_examples / 100)}
+
+
+def run_predict(mesh) -> dict:
+    """The Classifier's probabilities of the 35 test images (arrays, batches of 16 over `mesh`), its correct count."""
+    from aple_jax.predict import Classifier
+    method, params, prompts, data = _setup()
+    classifier = Classifier(method, sharding.replicate(prompts, mesh), sharding.replicate(params, mesh), mesh,
+                            data.template, batch_size=16).with_classes(list(data.classnames))
+    probs = classifier.predict([data.test[i]["image"] for i in range(len(data.test))])
+    return {"probs": probs.tolist(), "correct": int((probs.argmax(1) == data.test.labels).sum())}
 
 
 def numpy_eval() -> dict:
@@ -87,7 +97,7 @@ def run_train(mesh, steps: int = 4, cached_teacher: bool = False) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["eval", "train", "train_cached", "numpy"])
+    ap.add_argument("mode", choices=["eval", "predict", "train", "train_cached", "numpy"])
     ap.add_argument("--devices", type=int, default=0, help="use only the first N devices (0: all)")
     ap.add_argument("--distributed", nargs=3, metavar=("COORD", "NPROC", "PID"))
     args = ap.parse_args()
@@ -99,7 +109,10 @@ def main() -> None:
     else:
         devices = jax.devices()[: args.devices] if args.devices else jax.devices()
         mesh = sharding.make_mesh(devices)
-        out = run_eval(mesh) if args.mode == "eval" else run_train(mesh, cached_teacher=args.mode == "train_cached")
+        if args.mode in ("eval", "predict"):
+            out = run_eval(mesh) if args.mode == "eval" else run_predict(mesh)
+        else:
+            out = run_train(mesh, cached_teacher=args.mode == "train_cached")
     out["device_count"] = len(jax.devices())
     if jax.process_index() == 0:
         print("RESULT " + json.dumps(out))

@@ -51,6 +51,13 @@ def test_eval_counts_are_exact_on_8_devices_1_device_and_a_numpy_loop():
     assert eight["per_class"] == one["per_class"]
 
 
+def test_predictions_are_the_same_on_8_devices_and_1_device():
+    eight, one = _results(_worker("predict", devices=8), _worker("predict", "--devices", "1", devices=8))
+    assert eight["device_count"] == 8 and len(eight["probs"]) == 35 and len(eight["probs"][0]) == 5
+    np.testing.assert_allclose(eight["probs"], one["probs"], rtol=1e-5, atol=1e-7)
+    assert eight["correct"] == one["correct"]
+
+
 def test_two_processes_evaluate_one_split_between_them():
     (pair,), (single,) = _results(_two_processes("eval")), _results(_worker("eval"))
     assert pair["device_count"] == 2

@@ -73,7 +73,8 @@ class TrainElement:
 
 
 class EvalElement:
-    """Local position -> test-transformed example with "mask"; positions past the end are zero padding."""
+    """Local position -> test-transformed example with "mask"; positions past the end are zero padding. An example
+    its source marks `"valid": False` (an unreadable file among a user's images) is masked out too."""
 
     def __init__(self, source: Sequence[dict[str, Any]], layout: BatchLayout, image_size: int):
         self.source, self.layout, self.image_size = source, layout, image_size
@@ -86,4 +87,4 @@ class EvalElement:
                     "mask": np.bool_(False)}
         example = self.source[index]
         return {"image": test_transform(example["image"], self.image_size), "label": np.int32(example["label"]),
-                "mask": np.bool_(True)}
+                "mask": np.bool_(example.get("valid", True))}

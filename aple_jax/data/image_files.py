@@ -84,3 +84,39 @@ def check_files_exist(root: str, keys: Iterable[str], what: str) -> None:
         shown = ", ".join(os.path.join(root, k) for k in missing[:3])
         raise MissingDataError(f"{len(missing)} image(s) listed in {what} are absent, e.g. {shown}. "
                                f"Images must lie under {root}. " + see_docs())
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_GLOB_CHARS = "*?["
+
+
+def find_images(specs: Iterable[str]) -> list[str]:
+    """The image files that folders (searched recursively for IMAGE_EXTENSIONS, any case), files and glob
+    patterns (`**` crosses folders) name, local or gs://: in the order given, each folder's and pattern's sorted,
+    each file once. An empty folder, a pattern matching nothing and a missing file are errors naming them."""
+    found: list[str] = []
+    for spec in specs:
+        if any(c in spec for c in _GLOB_CHARS):
+            matches = paths.glob(spec)
+            if not matches:
+                raise MissingDataError(f"no file matches the pattern {spec!r}")
+        elif paths.as_path(spec).is_dir():
+            matches = sorted(_images_below(spec))
+            if not matches:
+                raise MissingDataError(f"folder {spec} holds no images (no file below it ends in "
+                                       f"{', '.join(IMAGE_EXTENSIONS)})")
+        elif paths.as_path(spec).exists():
+            matches = [spec]
+        else:
+            raise paths.storage_error(spec, "image")
+        found += matches
+    return list(dict.fromkeys(found))
+
+
+def _images_below(folder: str) -> Iterable[str]:
+    for name, is_dir in paths.list_dir(folder):
+        child = f"{folder.rstrip('/')}/{name}"
+        if is_dir:
+            yield from _images_below(child)
+        elif name.lower().endswith(IMAGE_EXTENSIONS):
+            yield child
