@@ -102,8 +102,10 @@ def source_config(source: str, config: ml_collections.ConfigDict | None = None) 
                else StorageError(f"--from {source} does not exist", hint=f"give {SOURCES}"))
     path = paths.as_path(source)
     if path.is_dir() and not any((path / n).exists() for n in ("config.json", "prompts.npz", "checkpoints")):
+        seeds = sorted(p.name for p in path.glob("seed*") if (p / "config.json").exists())
         raise CheckpointError(f"--from {source} is a folder but not a run directory (no config.json, prompts.npz or "
-                              f"checkpoints)", hint=f"give {SOURCES}")
+                              f"checkpoints)" + (f"; it holds the runs {', '.join(seeds)}" if seeds else ""),
+                              hint=f"give one seed's directory, e.g. {path / seeds[0]}" if seeds else f"give {SOURCES}")
     if not path.is_dir() and path.suffix != ".npz" and not interop.is_official_checkpoint(path):
         raise CheckpointError(f"--from {source} is neither a prompts .npz nor an official checkpoint",
                               hint=f"give {SOURCES}")

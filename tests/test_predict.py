@@ -140,7 +140,7 @@ def test_the_python_example_of_the_guide_runs(world_run):
     with open(DOC) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     assert len(blocks) == 1
-    code = blocks[0].replace("/tmp/aple_demo", world_run[0]).replace("WorldScenes-Invert", "WorldShapes")
+    code = blocks[0].replace("/tmp/aple_demo/seed1", world_run[0]).replace("WorldScenes-Invert", "WorldShapes")
     namespace = {}
     exec(compile(code, DOC, "exec"), namespace)       # noqa: S102 - our own documentation
     assert namespace["probs"].shape == (8, 4) and len(namespace["novel"].classnames) == 4
@@ -239,6 +239,8 @@ def test_bad_inputs_are_one_error_line(tiny_run, tmp_path):
     (tmp_path / "texts" / "notes.txt").write_text("no images here")
     (tmp_path / "none.txt").write_text("\n\n")
     (tmp_path / "twice.txt").write_text("cat\ndog\ncat\n")
+    (tmp_path / "packed" / "seed1").mkdir(parents=True)
+    (tmp_path / "packed" / "seed1" / "config.json").write_text("{}")
     predict = lambda *a: cli.module("aple_jax.predict", "--no-progress", *a)   # noqa: E731
     cases = [
         cli.Case("empty_folder", predict("--from", workdir, "--images", str(tmp_path / "empty")),
@@ -255,6 +257,8 @@ def test_bad_inputs_are_one_error_line(tiny_run, tmp_path):
                  "nowhere does not exist"),
         cli.Case("folder_not_a_run", predict("--from", str(tmp_path / "texts"), "--images", str(image)),
                  "is a folder but not a run directory"),
+        cli.Case("packed_run", predict("--from", str(tmp_path / "packed"), "--images", str(image)),
+                 "it holds the runs seed1"),
         cli.Case("image_as_from", predict("--from", str(image), "--images", str(image)),
                  "neither a prompts .npz nor an official checkpoint"),
         cli.Case("zeroshot_without_config", predict("--from", "zeroshot", "--images", str(image)),
