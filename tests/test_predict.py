@@ -270,3 +270,46 @@ def test_bad_inputs_are_one_error_line(tiny_run, tmp_path):
                  "another method/backbone/prompt shape"),
     ]
     cli.assert_all_user_errors(cases)
+
+
+@pytest.mark.gcs
+def test_images_class_names_and_predictions_in_a_bucket(tiny_run, gcs, tmp_path):
+    import fsspec
+
+    from aple_jax import paths
+    from aple_jax.data.image_files import find_images
+    from aple_jax.predict import main
+
+    workdir, setting = tiny_run
+    test = setting.evals[0].splits.test
+    local = write_pngs([test[i] for i in (0, 1, 2, 8, 9, 16)], str(tmp_path / "images"))
+    (tmp_path / "images" / "0" / "notes.txt").write_text("not an image")
+    fsspec.filesystem("gs").put(str(tmp_path / "images") + "/", gcs.removeprefix("gs://") + "/images/", recursive=True)
+    remote = [f"{gcs}/images/{os.path.relpath(p, tmp_path / 'images')}" for p in local]
+    assert find_images([f"{gcs}/images"]) == sorted(remote)           # recursive, image files only
+    assert find_images([f"{gcs}/images/0/*.png"]) == sorted(r for r in remote if "/images/0/" in r)
+    paths.write_text_atomic(f"{gcs}/names.txt", "\n".join(setting.evals[0].splits.classnames) + "\n")
+    assert main(["--no-progress", "--from", workdir, "--images", f"{gcs}/images", "--classes", f"{gcs}/names.txt",
+                 "--topk", "2", "--out", f"{gcs}/out/predictions.jsonl"]) == 0
+    rows = [json.loads(line) for line in paths.join(gcs, "out", "predictions.jsonl").read_text().splitlines()]
+    probs = load_classifier(workdir).predict(sorted(local))
+    assert [r["path"] for r in rows] == sorted(remote)
+    for row, p in zip(rows, probs):
+        assert row["probs"] == np.sort(p)[::-1][:2].tolist()
+
+
+def test_a_prompts_file_without_a_recorded_config_needs_one(tiny_run, tmp_path):
+    from aple_jax.prompt_files import PROMPTS_META_KEY, read_prompts_meta
+
+    workdir, _ = tiny_run
+    meta = read_prompts_meta(os.path.join(workdir, "prompts.npz"))
+    assert meta["run_config"]["method"] == "ivlp" and meta["run_config"]["backbone"]["name"] == "tiny"
+    with np.load(os.path.join(workdir, "prompts.npz")) as f:
+        leaves = {k: f[k] for k in f.files if k != PROMPTS_META_KEY}
+    old = str(tmp_path / "old.npz")
+    np.savez(old, **leaves, **{PROMPTS_META_KEY: np.asarray(json.dumps({k: v for k, v in meta.items()
+                                                                           if k != "run_config"}))})
+    with pytest.raises(ConfigError, match="records no config"):
+        load_classifier(old, ["a", "b"])
+    classifier = load_classifier(old, config=tiny_config("ivlp", **SMALL))    # its class names are recorded
+    assert list(classifier.classnames) == meta["train"]["classnames"]
