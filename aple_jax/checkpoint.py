@@ -42,10 +42,11 @@ class RunCheckpoints:
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return restored["state"]
 
-    def restore_newest(self, like: Callable[[dict[str, Any]], Any]) -> tuple[int, dict[str, Any], Any] | None:
+    def restore_newest(self, like: Callable[[dict[str, Any]], Any],
+                       delete: bool = True) -> tuple[int, dict[str, Any], Any] | None:
         """(step, meta, state) of the newest checkpoint that restores, `like(meta)` giving the state's structure;
         None when there is none. A newer one that does not restore (a truncated or half-written file) is named in
-        a warning and deleted, so that training saves its step afresh."""
+        a warning and, with `delete` (training, which saves its step afresh), deleted; else it is left as it is."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         errors = []
         for step in steps:
@@ -56,11 +57,13 @@ class RunCheckpoints:
                 errors.append(f"step {step}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
                 if step == steps[-1]:
                     break
-                msg = (f"checkpoint step {step} in {self.directory} cannot be restored ({errors[-1]}); it is deleted "
-                       f"and the run resumes from the newest older checkpoint")
+                msg = (f"checkpoint step {step} in {self.directory} cannot be restored ({errors[-1]}); " +
+                       ("it is deleted and the run resumes from the newest older checkpoint" if delete else
+                        "the newest older checkpoint is used"))
                 log.warning(msg)
                 warnings.warn(msg, BrokenCheckpointWarning, stacklevel=2)
-                self.manager.delete(step)
+                if delete:
+                    self.manager.delete(step)
         if not steps:
             return None
         raise CheckpointError(f"no checkpoint in {self.directory} can be restored ({'; '.join(errors)})",

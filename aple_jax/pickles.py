@@ -10,14 +10,16 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import pickle
+import pickletools
 import re
-from typing import IO, Any, Collection
+from typing import IO, Any, Callable, Collection, Mapping
 
 
 class Standin:
     """An inert object in place of an instance of an allowed class: takes any arguments, runs nothing and keeps its
-    pickled state (a plain value) as `state`."""
+    pickled state (a plain value) as `state`; `pickled_name` is the class it stands for (see `standin`)."""
 
+    pickled_name = ""
     state: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -25,6 +27,11 @@ class Standin:
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
+
+
+def standin(name: str) -> type[Standin]:
+    """A `Standin` class that records the pickled class `name` it stands for."""
+    return type(name.rpartition(".")[2] or "Standin", (Standin,), {"pickled_name": name})
 
 
 class RefusedGlobalError(pickle.UnpicklingError):
@@ -41,24 +48,37 @@ def refusal(path: Any, error: RefusedGlobalError, holds: str) -> str:
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Python's unpickler with every global looked up in `allowed` (each becomes a `Standin`), else refused."""
+    """Python's unpickler with every global looked up in `allowed`, else refused; persistent ids only through
+    `persistent`."""
 
-    def __init__(self, file: IO[bytes], allowed: Collection[str]):
+    def __init__(self, file: IO[bytes], allowed: Mapping[str, Any], persistent: Callable[[Any], Any] | None):
         super().__init__(file)
-        self.allowed = frozenset(allowed)
+        self.allowed, self.persistent = allowed, persistent
 
     def find_class(self, module: str, name: str) -> Any:
-        if f"{module}.{name}" in self.allowed:
-            return Standin
-        raise RefusedGlobalError(f"{module}.{name}")
+        full = _python3_name(f"{module}.{name}")
+        if full in self.allowed:
+            return self.allowed[full]
+        raise RefusedGlobalError(full)
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not data")
+        if self.persistent is None:
+            raise pickle.UnpicklingError("a persistent id, which this file may not hold")
+        return self.persistent(pid)
 
 
-def load(file: IO[bytes], allowed: Collection[str] = ()) -> Any:
-    """A plain pickle: containers, strings and numbers, and `Standin`s for the `allowed` class names."""
-    return _RestrictedUnpickler(file, allowed).load()
+def load(file: IO[bytes], allowed: Mapping[str, Any] | Collection[str] = (),
+         persistent: Callable[[Any], Any] | None = None) -> Any:
+    """A plain pickle: containers, strings and numbers, and for each `allowed` global either the object it maps to
+    (data constructors the caller vouches for) or, given as a bare name, a `standin` class."""
+    if not isinstance(allowed, Mapping):
+        allowed = {name: standin(name) for name in allowed}
+    return _RestrictedUnpickler(file, allowed, persistent).load()
+
+
+def globals_named(data: bytes) -> set[str]:
+    """Every `module.name` a pickle's GLOBAL opcodes name (read, not run)."""
+    return {arg.replace(" ", ".") for op, arg, _ in pickletools.genops(data) if op.name in ("GLOBAL", "INST")}
 
 
 def _plain_dict(*args: Any) -> dict:
@@ -79,7 +99,7 @@ def torch_load(data: bytes, allowed: Collection[str] = ()) -> Any:
     containers, and `Standin`s for the `allowed` class names; needs torch."""
     import torch
 
-    safe = _TORCH_CONTAINERS + [(Standin, name) for name in allowed]
+    safe = _TORCH_CONTAINERS + [(standin(name), name) for name in allowed]
     try:
         with torch.serialization.safe_globals(safe):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

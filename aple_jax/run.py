@@ -206,6 +206,10 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     clip_params = sharding.replicate(clip_params, mesh)
     method = build_method(config, backbone, tokenizer)
     phases = train.scale_phases(method.phases(), config.optim.epoch_scale)
+    evaluators = [method] + ([zero_shot_reference(config, backbone, tokenizer)]
+                             if config.zeroshot.compare and phases else [])
+    for setting in settings:   # every evaluation class name fits the text context: checked before training
+        check_eval_texts(evaluators, setting)
     jobs = [SeedJob(c, w, setting, method.init(jax.random.key(c.seed), clip_params))
             for (c, w), setting in zip(pending, settings)]
     for job in jobs if jax.process_index() == 0 else ():
@@ -335,17 +339,20 @@ def load_trained_prompts(source: str, method: Method, phases: list, prompts_like
         return prompt_files.read_prompts(source, prompts_like)
     if (source / "prompts.npz").exists():
         return prompt_files.read_prompts(source / "prompts.npz", prompts_like)
-    with checkpoint.RunCheckpoints(source) as ckpt:
-        step = ckpt.latest_step()
-        if step is None:
-            raise CheckpointError(f"eval_only_from={str(source)!r} holds no prompts.npz and no checkpoint under "
-                                  f"{ckpt.directory}")
-        meta = ckpt.restore_meta(step)
+    def like(meta: dict[str, Any]) -> Any:
         phase = phases[meta["phase"]]
         plan = train.plan_phase(method, phase, prompts_like)
         tx = train.make_optimizer(phase, plan.selection.labels(prompts_like), 1, method.config.optim)
-        state = ckpt.restore_state(step, train.init_state(prompts_like, tx, phase.gpa is not None))
-        return train.final_prompts(phase, state) if meta["epoch"] >= phase.epochs else state.prompts
+        return train.init_state(prompts_like, tx, phase.gpa is not None)
+
+    with checkpoint.RunCheckpoints(source) as ckpt:   # a broken newest checkpoint: warned, left, the older one used
+        restored = ckpt.restore_newest(like, delete=False)
+        if restored is None:
+            raise CheckpointError(f"eval_only_from={str(source)!r} holds no prompts.npz and no checkpoint under "
+                                  f"{ckpt.directory}")
+    _, meta, state = restored
+    phase = phases[meta["phase"]]
+    return train.final_prompts(phase, state) if meta["epoch"] >= phase.epochs else state.prompts
 
 
 def _num_train_images(config, setting) -> int:
@@ -353,6 +360,17 @@ def _num_train_images(config, setting) -> int:
     if setting.train is None or config.eval_only_from or METHODS.get(config.method) is ZeroShot:
         return 0
     return len(setting.train.train)
+
+
+def check_eval_texts(methods: list[Method], setting: Setting) -> None:
+    """Refuses evaluation class names whose texts (each method's prompts or templates) overflow the text context."""
+    for ev in setting.evals:
+        for method in methods:
+            texts = method.eval_texts(list(ev.splits.classnames), ev.splits.template)
+            try:
+                method.tokenizer.tokenize(texts, method.backbone.cfg.context_length)
+            except ConfigError as e:
+                raise ConfigError(f"{ev.splits.name}, {ev.name} classes: {e}", hint=e.hint) from None
 
 
 def zero_shot_reference(config: ml_collections.ConfigDict, backbone: Any, tokenizer: Any) -> ZeroShot:

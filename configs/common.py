@@ -45,6 +45,9 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
             raise ConfigError(f"unknown config argument {key!r} in {arg!r}{did_you_mean(key, sorted(spec))}",
                               hint=f"the arguments after ':' are some of {', '.join(sorted(spec))}")
         default = spec[key]
+        if isinstance(default, str) and not value.strip():   # `dataset=` would silently keep the preset's value
+            raise ConfigError(f"config argument {key}= in {arg!r} has no value; give one ({key}=...) or leave the "
+                              "argument out")
         if isinstance(default, bool):
             if value and value.lower() not in ("true", "false", "1", "0"):
                 raise ConfigError(f"config argument {key}={value!r} must be a boolean")

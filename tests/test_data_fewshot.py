@@ -24,9 +24,10 @@ def coop_fewshot(items, k, rng_module):
 
 
 def _split_list(num_items, num_classes, seed):
-    """An interleaved split list whose labels first appear out of order, with uneven class sizes."""
+    """An interleaved split list whose labels first appear out of order, with uneven class sizes (its own files:
+    a split seeded otherwise shares none)."""
     rng = random.Random(seed)
-    items = [[f"c{y}/img_{i}.jpg", y, f"class_{y}"] for y in range(num_classes) for i in range(3 + y % 7)]
+    items = [[f"c{y}/img_{seed}_{i}.jpg", y, f"class_{y}"] for y in range(num_classes) for i in range(3 + y % 7)]
     rng.shuffle(items)
     return items[:num_items]
 

@@ -136,12 +136,12 @@ def test_worker_processes_give_the_same_batches(mesh):
 
 
 def test_bad_image_in_the_pipeline_names_the_path(tmp_path, mesh):
-    from aple_jax.data.fake_trees import write_coop_tree
+    from aple_jax.data.fake_trees import jpeg_bytes, write_coop_tree
 
     write_coop_tree(str(tmp_path), "EuroSAT", per_class=(2, 1, 1))
     bad = os.path.join(str(tmp_path), "eurosat", "2750", "c000", "test_000.jpg")
-    with open(bad, "wb") as f:
-        f.write(b"\x00" * 10)
+    with open(bad, "wb") as f:   # the header intact, so the build's header check passes; the decoder fails
+        f.write(jpeg_bytes(200, 200)[:5000])
     splits = build_dataset("EuroSAT", str(tmp_path), shots=1, seed=1)
     with pytest.raises(Exception, match="cannot decode image .*test_000.jpg"):
         list(eval_loader(splits.test, global_batch_size=5, image_size=8, mesh=mesh))

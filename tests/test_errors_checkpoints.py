@@ -59,6 +59,27 @@ def test_no_restorable_checkpoint_is_a_checkpoint_error_naming_the_directory(tmp
         run(config, str(tmp_path))
 
 
+def test_eval_only_from_a_run_with_a_broken_newest_checkpoint_warns_and_uses_the_older_one(tmp_path):
+    """A truncated array file warns as an empty metadata file does; the source run directory is left as it is."""
+    import shutil
+    config = tiny_config("coop", **CONFIG)
+    with pytest.raises(train.Preempted):
+        run(config, str(tmp_path / "cut"), stop_at_step=5)   # checkpoints at 4 and 5, no prompts.npz
+    older = tmp_path / "older"
+    shutil.copytree(tmp_path / "cut", older)
+    shutil.rmtree(older / "checkpoints" / "5")
+    want = run(tiny_config("coop", eval_only_from=str(older), **CONFIG), str(tmp_path / "want"))
+    for how in ("truncated_state", "empty_meta"):
+        source = tmp_path / how
+        shutil.copytree(tmp_path / "cut", source)
+        _break(str(source / "checkpoints" / "5"), how)
+        with pytest.warns(checkpoint.BrokenCheckpointWarning, match=r"checkpoint step 5 .* cannot be restored .*; "
+                                                                    r"the newest older checkpoint is used"):
+            got = run(tiny_config("coop", eval_only_from=str(source), **CONFIG), str(tmp_path / f"eval_{how}"))
+        assert got["evals"] == want["evals"], how
+        assert (source / "checkpoints" / "5").is_dir()
+
+
 def test_rows_are_logged_before_the_checkpoint_that_follows_them(tmp_path, monkeypatch):
     """A run killed right after a save has every row up to the saved step in metrics.jsonl."""
     real_save = checkpoint.RunCheckpoints.save

@@ -52,6 +52,8 @@ CLI_CASES = [
     Case("stage1_order", launch("--config", "configs/aple.py:tiny", "--workdir", "/tmp/x",
                                 "--config.stage1.order=XY"), "stage1.order='XY'"),
     Case("dataset_name", launch("--config", TINY, "--workdir", "/tmp/x", "--config.dataset.name=Petz"), "'Petz'"),
+    Case("dataset_arg_empty", launch("--config", TINY + ",dataset=", "--workdir", "/tmp/x"),
+         "config argument dataset= in 'tiny,dataset=' has no value"),
     Case("data_root", launch("--config", TINY + ",dataset=custom,data=/nonexistent/split.json", "--workdir", "/tmp/x"),
          "/nonexistent/split.json"),
     Case("backbone_name", launch("--config", TINY, "--workdir", "/tmp/x", "--config.backbone.name=ViT-X"),

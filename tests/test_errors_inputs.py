@@ -16,9 +16,9 @@ from aple_jax.data import build_dataset
 from aple_jax.data.errors import BadImageError, EmptySplitError, SplitFormatError
 from aple_jax.data.fake_trees import jpeg_bytes, write_coop_tree
 from aple_jax.data.image_files import decode_image, to_rgb
-from aple_jax.errors import CheckpointError, WeightsError
+from aple_jax.errors import AplejaxError, CheckpointError, WeightsError
 from aple_jax.methods import build_method
-from aple_jax.run import check_workdir_config
+from aple_jax.run import check_workdir_config, run
 from aple_jax.world import WORLD_CLIP_DIR
 from tests import cli
 from tests.cli import Case, launch
@@ -268,3 +268,34 @@ def test_a_stale_cache_is_resampled_and_an_unmarked_one_is_read_as_it_is(tmp_pat
     json.dump(cached, open(path, "w"))                       # a cache without a fingerprint (CoOp users' files)
     assert build_dataset("eurosat", root, shots=2, seed=1, cache_dir=str(tmp_path / "c")).train.records == \
         a.train.records[::-1]
+
+
+# ------------------------------------------------------------------------------- checked before training
+
+def _rewrite(split_path, edit):
+    with open(split_path) as f:
+        split = json.load(f)
+    edit(split)
+    with open(split_path, "w") as f:
+        json.dump(split, f)
+
+
+LONG_NAME = " ".join(["extraordinarily"] * 80)
+
+
+@pytest.mark.parametrize("problem,needle", [
+    ("empty_new_test_image", r"1 image\(s\) in the Custom test split cannot be decoded: .*c3/test_0\.jpg: the file is empty"),
+    ("long_new_class_name", r"Custom, new classes: 1 prompt\(s\) do not fit the context length"),
+])
+def test_a_new_class_problem_fails_before_training(tmp_path, problem, needle):
+    split = custom_split(str(tmp_path / "data"), per_class=4)
+    if problem == "empty_new_test_image":   # class 3 is a new class: evaluated only after training
+        open(tmp_path / "data" / "c3" / "test_0.jpg", "wb").close()
+    else:
+        _rewrite(split, lambda s: [e.__setitem__(2, LONG_NAME) for part in s.values() for e in part if e[1] == 3])
+    config = tiny_config("coop", dataset__name="custom", dataset__root=split, dataset__shots=2, batch_size=4,
+                         optim__epochs=1, setting="base2new")
+    workdir = tmp_path / "run"
+    with pytest.raises(AplejaxError, match=needle):
+        run(config, str(workdir))
+    assert not (workdir / "checkpoints").exists() and not (workdir / "metrics.jsonl").exists()

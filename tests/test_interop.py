@@ -1,6 +1,7 @@
 """Official prompt checkpoints in and out: files built as each official trainer saves them (names, shapes, mixed
 fp16, frozen CLIP, buffers, optimizer and pickled scheduler), imported leaf by leaf, round trips, refusals."""
 import os
+import pickle
 import re
 import sys
 from collections import OrderedDict
@@ -338,6 +339,65 @@ def test_a_legacy_format_checkpoint_reads_as_the_zip_one(openai_tiny, tmp_path):
     assert legacy.epoch == zipped.epoch == EPOCHS["maple"] and sorted(legacy.state_dict) == sorted(sd)
     for key, value in zipped.state_dict.items():
         assert legacy.state_dict[key].dtype == value.dtype and legacy.state_dict[key].tobytes() == value.tobytes()
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln = torch.nn.LayerNorm(4)
+        self.proj = torch.nn.Linear(4, 3, bias=False)   # an absent (None) parameter
+        self.register_buffer("mask", torch.triu(torch.ones(2, 2)))
+
+    def forward(self, x):
+        return self.proj(self.ln(x))
+
+
+class _Net(torch.nn.Module):
+    """Nested, repeated (name-mangled) submodules, fp16 and integer tensors: what a traced OpenAI model holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.Sequential(_Block(), torch.nn.Sequential(_Block()))
+        self.scale = torch.nn.Parameter(torch.randn(3, 4).half())
+        self.register_buffer("input_resolution", torch.tensor(224))
+
+    def forward(self, x):
+        return self.blocks[1](self.blocks[0](x).new_ones(x.shape)) + self.scale.float().sum()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_torchscript_archive_is_read_as_data_and_a_trojan_one_refused(tmp_path, monkeypatch):
+    import zipfile
+
+    from aple_jax import pickles
+    from aple_jax.clip import torchscript
+
+    traced = torch.jit.trace(_Net().eval(), torch.randn(2, 4))
+    traced.save(str(tmp_path / "traced.pt"))
+    torch.jit.script(_Net()).save(str(tmp_path / "scripted.pt"))
+    for name in ("traced.pt", "scripted.pt"):
+        want = torch.jit.load(str(tmp_path / name)).state_dict()
+        monkeypatch.setattr(torch.jit, "load", None)   # nothing of the archive is compiled or run
+        got = torchscript.read_state_dict(str(tmp_path / name))
+        monkeypatch.undo()
+        assert sorted(got) == sorted(want) and "blocks.1.0.mask" in got, name
+        for key, value in want.items():
+            assert got[key].dtype == value.numpy().dtype and got[key].tobytes() == value.numpy().tobytes(), key
+
+    marker = tmp_path / "pwned"
+    for i, (payload, refused) in enumerate(trojans(marker)):
+        trojan = tmp_path / f"trojan{i}.pt"
+        with zipfile.ZipFile(tmp_path / "traced.pt") as src, zipfile.ZipFile(trojan, "w") as dst:
+            for item in src.infolist():
+                data = src.read(item)
+                dst.writestr(item, pickle.dumps({"x": payload}, protocol=2) if item.filename.endswith("/data.pkl")
+                             else data)
+        with pytest.raises(pickles.RefusedGlobalError, match=re.escape(refused)):
+            torchscript.read_state_dict(str(trojan))
+        with pytest.raises(AplejaxError, match=rf"refusing to read {re.escape(str(trojan))}: it names "
+                                               rf"{re.escape(refused)}"):
+            load_clip(str(trojan))
+    assert not marker.exists()
 
 
 def test_the_entry_points_refuse_a_trojan_checkpoint_in_one_line(openai_tiny, tmp_path):

@@ -2,7 +2,8 @@
 
     python -m aple_jax.clip.convert_openai ViT-B-16.pt OUT_DIR [--bpe bpe_simple_vocab_16e6.txt.gz]
 
-Needs torch only for this step. OUT_DIR gets `config.json` + `model.safetensors` (fp32, transformers' `CLIPModel`
+OpenAI's TorchScript archives are read as data, without torch (`torchscript.py`); a `torch.save`'d state dict needs
+torch. OUT_DIR gets `config.json` + `model.safetensors` (fp32, transformers' `CLIPModel`
 names, loadable by `load_clip` without torch and by `transformers.CLIPModel.from_pretrained`); with `--bpe` also
 `vocab.json` + `merges.txt`, so `Tokenizer.from_path(OUT_DIR)` works and OUT_DIR is a complete backbone.weights.
 """

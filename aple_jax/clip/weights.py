@@ -5,9 +5,10 @@ Accepted inputs (`load_clip(path)`):
   read with `safetensors` in numpy, no torch needed. `config.json` may be minimal (hub style) or absent: shapes
   always come from the tensors, the config only supplies heads, activation and LayerNorm epsilon;
 - a single `.safetensors` file with HF or OpenAI names;
-- an OpenAI checkpoint (`ViT-B-16.pt`, a TorchScript archive) or any torch-saved state dict (`.pt`, `.pth`, `.bin`,
-  also `pytorch_model.bin` inside a HF directory): needs torch. Convert it once with
-  `python -m aple_jax.clip.convert_openai ViT-B-16.pt OUT_DIR` to get a HF directory that needs no torch.
+- an OpenAI checkpoint (`ViT-B-16.pt`, a TorchScript archive, read as data without torch: `torchscript.py`) or any
+  torch-saved state dict (`.pt`, `.pth`, `.bin`, also `pytorch_model.bin` inside a HF directory; needs torch, and
+  is read with `weights_only`). Convert either once with `python -m aple_jax.clip.convert_openai ViT-B-16.pt
+  OUT_DIR` to get a HF directory.
 
 Every tensor becomes float32 (OpenAI stores fp16); integer buffers (`position_ids`) and OpenAI's scalar entries
 (`input_resolution`, `context_length`, `vocab_size`) are skipped. The mapping is strict: one `ValueError` lists
@@ -18,12 +19,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
+import zipfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from aple_jax import pickles
+from aple_jax.clip import torchscript
 from aple_jax.clip.model import CLIPConfig
 from aple_jax.errors import WeightsError
 
@@ -102,8 +106,24 @@ def read_safetensors(path: str) -> StateDict:
     return out
 
 
+def _read_torchscript(path: str) -> StateDict:
+    """The state dict of a TorchScript archive (OpenAI's ViT-B-16.pt), read as data (`torchscript.py`, no torch)."""
+    try:
+        sd = torchscript.read_state_dict(path)
+    except pickles.RefusedGlobalError as e:
+        raise CheckpointError(pickles.refusal(path, e, "a TorchScript archive holds its modules and tensors only")
+                              ) from None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, StopIteration, pickle.UnpicklingError,
+            zipfile.BadZipFile) as e:
+        raise CheckpointError(f"cannot read TorchScript archive {path}: {type(e).__name__}: {e}. The file is "
+                              "truncated, corrupt or not a checkpoint") from e
+    return {key: arr for key, arr in ((k, _to_float32(k, v)) for k, v in sd.items()) if arr is not None}
+
+
 def _read_torch(path: str) -> StateDict:
     """A state dict from a TorchScript archive (OpenAI's ViT-B-16.pt) or a torch.save'd dict (needs torch)."""
+    if torchscript.is_torchscript(path):
+        return _read_torchscript(path)
     try:
         import torch
     except ImportError as e:
@@ -111,22 +131,9 @@ def _read_torch(path: str) -> StateDict:
             f"{path} is a PyTorch checkpoint and reading it needs torch, which is not installed. Install torch "
             "(CPU is enough) once and convert it: python -m aple_jax.clip.convert_openai "
             f"{path} OUT_DIR; then load OUT_DIR, which needs no torch") from e
-    import zipfile
-
-    is_script = False
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            is_script = any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
     try:
-        if is_script:
-            import warnings
-
-            with warnings.catch_warnings():  # torch.jit is deprecated, yet it is what OpenAI's files are
-                warnings.simplefilter("ignore", DeprecationWarning)
-                sd = torch.jit.load(path, map_location="cpu").state_dict()
-        else:
-            with open(path, "rb") as f:
-                sd = pickles.torch_load(f.read())
+        with open(path, "rb") as f:
+            sd = pickles.torch_load(f.read())
     except pickles.RefusedGlobalError as e:
         raise CheckpointError(pickles.refusal(path, e, "a state dict holds tensors and plain containers only")) from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ...

@@ -8,11 +8,14 @@ from aple_jax.data.errors import (
                                   MissingDataError,
                                   NotEnoughShotsError,
                                   SplitFormatError,
+                                  SplitLeakError,
                                   UnknownDatasetError,
 )
 from aple_jax.data.fewshot import FewShotWarning
 from aple_jax.data.records import DatasetSplits, Datum, RecordSource
 from aple_jax.data.registry import build_dataset
+from aple_jax.data.split_checks import DuplicateEntryWarning
 
-__all__ = ["BadImageError", "DataError", "DatasetSplits", "Datum", "FewShotWarning", "MissingDataError",
-           "NotEnoughShotsError", "RecordSource", "SplitFormatError", "UnknownDatasetError", "build_dataset"]
+__all__ = ["BadImageError", "DataError", "DatasetSplits", "Datum", "DuplicateEntryWarning", "FewShotWarning",
+           "MissingDataError", "NotEnoughShotsError", "RecordSource", "SplitFormatError", "SplitLeakError",
+           "UnknownDatasetError", "build_dataset"]

@@ -34,6 +34,10 @@ class SplitFormatError(DataError, ValueError):
     """A split or class-name file whose content does not follow CoOp's format."""
 
 
+class SplitLeakError(DataError, ValueError):
+    """An image listed in the training split and in an evaluation split: its accuracy would be inflated."""
+
+
 def see_docs(section: str = "") -> str:
     """The pointer appended to every message: where the expected layout is described."""
     return f"See {DOCS}" + (f" ({section})" if section else "") + " for the expected layout."

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 import numpy as np
@@ -120,3 +121,32 @@ def _images_below(folder: str) -> Iterable[str]:
             yield from _images_below(child)
         elif name.lower().endswith(IMAGE_EXTENSIONS):
             yield child
+
+
+def _header_problem(path: str) -> str | None:
+    """Why the image file at `path` cannot be decoded, judged from its size and header only; None if it looks fine."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "the file is empty"
+        with Image.open(path) as img:
+            if img.mode not in SUPPORTED_MODES:
+                return f"PIL mode {img.mode!r} is not supported"
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        return str(e)
+    return None
+
+
+def check_decodable(root: str, keys: Iterable[str], what: str) -> None:
+    """Refuses, by name, listed images that are empty or whose header PIL cannot read (local roots; a header read
+    per file, so a body truncated after a valid header still fails only when it is decoded)."""
+    if paths.is_remote(root):
+        return
+    keys = list(dict.fromkeys(keys))
+    with ThreadPoolExecutor(16) as pool:
+        problems = [(k, p) for k, p in zip(keys, pool.map(lambda k: _header_problem(os.path.join(root, k)), keys))
+                    if p]
+    if problems:
+        key, problem = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BadImageError(f"{len(problems)} image(s) in {what} cannot be decoded: {os.path.join(root, key)}: "
+                            f"{problem}{more}. Re-download them or remove them from the split. " + see_docs())

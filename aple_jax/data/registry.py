@@ -15,9 +15,10 @@ from aple_jax.data.custom import read_custom
 from aple_jax.data.errors import MissingDataError, see_docs
 from aple_jax.data.fewshot import (FEWSHOT_DIR, check_shots, fewshot_cache_path, fewshot_splits, relabel,
                                    select_classes, split_fingerprint)
-from aple_jax.data.image_files import ImageFiles, check_files_exist
+from aple_jax.data.image_files import ImageFiles, check_decodable, check_files_exist
 from aple_jax.data.names import canonical_name
 from aple_jax.data.records import DatasetSplits, ImageLoader, RecordSource, classnames_by_label, prompt_names
+from aple_jax.data.split_checks import check_splits
 from aple_jax.data.split_files import RawSplits, require_dir
 from aple_jax.data.synthetic import synthetic_classnames, synthetic_loaders, synthetic_splits
 from aple_jax.data.templates import DEFAULT_TEMPLATE, template_for
@@ -49,6 +50,10 @@ def _assemble(name: str, raw: RawSplits, loaders: dict[str, ImageLoader], classn
     train, val, test = (relabel(s, selected) for s in (train, val, test))
     if image_root is not None:
         check_files_exist(image_root, (r.key for s in (train, val, test) for r in s), f"the {name} splits")
+        # what is evaluated, and a few-shot training set, decodes: a bad file fails now, not after training
+        check_decodable(image_root, (r.key for r in test), f"the {name} test split")
+        if proto.shots >= 1 and not test_only:
+            check_decodable(image_root, (r.key for r in train), f"the {name} {proto.shots}-shot training set")
     sources = {s: RecordSource(recs, loaders[s]) for s, recs in zip(("train", "val", "test"), (train, val, test))}
     return DatasetSplits(name, sources["train"], sources["val"], sources["test"],
                          prompt_names([classnames[y] for y in selected]), template)
@@ -60,7 +65,8 @@ def _build_coop(layout: CoopLayout, root: str | None, proto: _Protocol, cache_di
                                + see_docs(layout.name))
     require_dir(layout.dataset_path(root), f"{layout.name} dataset directory (expected {layout.expected})",
                 layout.name)
-    raw = layout.read(layout, root)
+    raw = check_splits(layout.read(layout, root), f"{layout.name} ({layout.dataset_path(root)})",
+                       test_only=layout.test_only)
     fewshot_dir = os.path.join(cache_dir or layout.dataset_path(root), layout.name if cache_dir else FEWSHOT_DIR)
     coop_pkl = os.path.join(layout.dataset_path(root), FEWSHOT_DIR, f"shot_{proto.shots}-seed_{proto.seed}.pkl")
 
@@ -87,7 +93,7 @@ def _build_custom(root: str | None, proto: _Protocol, cache_dir: str | None, spl
     if image_root is None:
         raise MissingDataError("the custom dataset needs root= a folder of class folders, or split_file= a "
                                "CoOp-format split JSON. " + see_docs(CUSTOM_SECTION))
-    raw = read_custom(image_root, split_file)
+    raw = check_splits(read_custom(image_root, split_file), split_file or image_root)
     fewshot_dir = os.path.join(cache_dir, "Custom") if cache_dir else os.path.join(image_root, FEWSHOT_DIR)
     loader = ImageFiles(image_root)
     # Several split files may share one image folder: each keeps its own few-shot cache.

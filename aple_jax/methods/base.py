@@ -111,6 +111,10 @@ class Method:
         """Tokenized `"{prefix} {class}."` embeddings, built once per class set on the host."""
         return P.build_class_texts(self.backbone, clip_params, self.tokenizer, classnames, self.prefix)
 
+    def eval_texts(self, classnames: list[str], dataset_template: str) -> list[str]:
+        """The strings evaluation tokenizes for a class set (checked against the text context before training)."""
+        return P.class_prompt_strings(classnames, self.prefix)
+
     def eval_text_features(self, prompts: P.Tree, clip_params: Any, classnames: list[str],
                            dataset_template: str) -> Array:
         """(C, P) class text features for evaluation, computed once per class set."""

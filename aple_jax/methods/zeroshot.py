@@ -48,6 +48,9 @@ class ZeroShot(Method):
         templates = self.templates(dataset_template)
         return template_text_features(self.backbone, clip_params, self.tokenizer, classnames, templates)
 
+    def eval_texts(self, classnames: list[str], dataset_template: str) -> list[str]:
+        return [t.format(name.replace("_", " ")) for t in self.templates(dataset_template) for name in classnames]
+
     def templates(self, dataset_template: str) -> list[str]:
         from aple_jax.data.templates import IMAGENET_TEMPLATES
         choice = self.config.zeroshot.templates
