@@ -400,6 +400,17 @@ def test_a_torchscript_archive_is_read_as_data_and_a_trojan_one_refused(tmp_path
     assert not marker.exists()
 
 
+def test_a_torchscript_tensor_record_that_reaches_past_its_storage_is_refused():
+    from aple_jax.clip import torchscript
+    storage = np.arange(6, dtype=np.float32)
+    np.testing.assert_array_equal(torchscript._rebuild_tensor(storage, 2, (2, 2), (2, 1)), [[2, 3], [4, 5]])
+    assert torchscript._rebuild_tensor(storage, 6, (0, 3), (3, 1)).shape == (0, 3)
+    for offset, size, stride in [(3, (2, 2), (2, 1)), (0, (7,), (1,)), (-1, (2,), (1,)), (0, (2,), (-1,)),
+                                 (0, (2, 2), (1,))]:
+        with pytest.raises(ValueError, match="tensor record"):
+            torchscript._rebuild_tensor(storage, offset, size, stride)
+
+
 def test_the_entry_points_refuse_a_trojan_checkpoint_in_one_line(openai_tiny, tmp_path):
     from tests import cli
     marker = tmp_path / "pwned"

@@ -38,7 +38,14 @@ def is_torchscript(path: str) -> bool:
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *unused: Any) -> np.ndarray:
     """`torch._utils._rebuild_tensor_v2` in numpy: a strided view of the storage, copied."""
     del unused
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+    size, stride = tuple(int(n) for n in size), tuple(int(s) for s in stride)
+    if len(size) != len(stride) or min((offset, *size, *stride), default=0) < 0:
+        raise ValueError(f"tensor record offset {offset}, size {size}, stride {stride} is not a tensor layout")
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+    if last >= storage.size:   # as_strided does not check: a crafted record must not read past its storage
+        raise ValueError(f"tensor record offset {offset}, size {size}, stride {stride} reaches element {last} "
+                         f"of a storage of {storage.size}")
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                            strides=tuple(s * storage.itemsize for s in stride))
     return np.array(view)
 
