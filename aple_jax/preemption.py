@@ -28,9 +28,9 @@ class _State:
 
 
 def _multiprocess() -> bool:
-    """Whether JAX's preemption service runs (several processes under `jax.distributed`)."""
-    from jax._src import distributed   # the state behind jax.distributed.is_initialized()
-    return distributed.global_state.preemption_sync_manager is not None
+    """Whether JAX's preemption service runs (processes started with `jax.distributed`)."""
+    import jax
+    return jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service
 
 
 def _handler(signum: int, frame) -> None:

@@ -106,6 +106,24 @@ def test_ctrl_c_at_an_epoch_end_saves_after_the_epoch_without_a_traceback(tmp_pa
     assert (meta["epoch"], meta["epoch_step"]) == (2, 0)
 
 
+@pytest.mark.slow
+def test_a_signal_during_evaluation_stops_at_once_with_the_status(tmp_path):
+    """Nothing to save: the one line says so, the loader's workers are gone, the lock is released."""
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    env.pop("APLE_JAX_TRACEBACK", None)
+    proc = subprocess.run([sys.executable, "tests/signal_worker.py", "eval", "SIGTERM", "launch.py", "--config",
+                           "configs/zeroshot.py:tiny", "--workdir", str(tmp_path), "--config.eval_batch_size=8",
+                           f"--config.dataset.num_workers={WORKERS}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    report = f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == EXIT_SIGTERM and "Traceback" not in proc.stderr, report
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("interrupted: ")]
+    assert len(lines) == 1 and "SIGTERM stopped the run outside training (nothing new to save)" in lines[0], report
+    assert sorted(os.listdir(tmp_path)) == ["config.json"], report   # no results.json, no lock
+    workers = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("DESCENDANTS "))[12:])
+    assert len(workers) >= WORKERS and alive(workers) == [], report
+
+
 def two_processes(gcs_emulator, workdir: str, *args: str) -> list[tuple[int, dict, str]]:
     """tests/run_worker.py as processes 0 and 1 of one :tiny CoOp run: (exit status, RESULT, stderr) of each;
     `args` go to process 0 only."""

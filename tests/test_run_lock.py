@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -89,3 +90,18 @@ def test_bucket_lock_refuses_a_second_run_and_takes_over_a_stale_one(gcs, capsys
     out = capsys.readouterr().out
     assert f"run lock {other}/run.lock: taking over from process " in out and "on host another-host" in out
     assert not paths.join(other, "run.lock").exists()
+
+
+@pytest.mark.gcs
+def test_the_bucket_lock_holder_rewrites_it_so_that_it_never_looks_stale(gcs, monkeypatch):
+    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.2)
+    lock = run_lock.acquire(gcs)
+    try:
+        _, first, _ = lock._current()
+        time.sleep(1.5)
+        holder, later, age = lock._current()
+        assert later != first and age < 1.5                     # rewritten meanwhile, same holder
+        assert holder["pid"] == os.getpid()
+    finally:
+        lock.release()
+    assert not paths.join(gcs, "run.lock").exists()
