@@ -16,6 +16,11 @@ SMOKES = {   # name: command line (`{out}` is the test's folder); all start toge
              "--workers", "1", "--passes", "1", "--device-input", "--json", "{out}/e.json"],
     "sweep_jobs": ["benchmarks/sweep_jobs.py", "--config", "configs/coop.py,configs/ivlp.py", "--args", "tiny",
                    "--datasets", "", "--epochs", "1", "--json", "{out}/s.json"],
+    "world_sensitivity": ["benchmarks/world_sensitivity.py", "--config", "configs/coop.py:tiny", "--seeds", "1,2",
+                          "--nudges", "1", "--xla", "", "--json", "{out}/w.json"],
+    "determinism": ["benchmarks/determinism.py", "--cpu", "--backbone", "tiny", "--classes", "5", "--batch", "2",
+                    "--steps", "2", "--timed", "2", "--json", "{out}/d.json"],
+    "determinism_no_gpu": ["benchmarks/determinism.py"],
 }
 
 
@@ -85,3 +90,34 @@ def test_sweep_jobs_benchmark_smoke(smokes):
     serial, parallel = report["rows"]
     assert serial["jobs"] == 1 and serial["steps"] == parallel["steps"] > 0   # the same runs, one way and the other
     assert report["speedup"] == pytest.approx(serial["seconds"] / parallel["seconds"])
+
+
+@pytest.mark.slow
+def test_world_sensitivity_benchmark_smoke(smokes):
+    """A one-ulp nudge of the initial prompts reaches the loss; packed seeds are compared with their lone runs."""
+    tmp_path, stdout, _ = _finished(smokes, "world_sensitivity")
+    with open(tmp_path / "w.json") as f:
+        report = json.load(f)
+    assert [r["run"] for r in report["rows"]] == ["seed 1", "seed 2"]
+    (nudged,) = report["copies"]
+    assert nudged["first_diff_step"] is not None and nudged["max_change"] >= 0
+    assert [r["run"] for r in report["packed"]] == ["seed 1, packed", "seed 2, packed"]
+    base = [r["base"] for r in report["rows"]]
+    n = report["rows"][0]["test_images"]["base"]
+    p = sum(base) / 200
+    assert report["spreads"]["base"]["binomial_se"] == pytest.approx(100 * (p * (1 - p) / n) ** 0.5)
+    assert report["spreads"]["base"]["seeds"] == pytest.approx(abs(base[0] - base[1]) / 2 ** 0.5)
+    assert "| seed 1, nudge 1 |" in stdout and "sample std over 2 seeds" in stdout
+
+
+@pytest.mark.slow
+def test_determinism_benchmark_smoke(smokes):
+    """On the CPU both settings are bit-identical run to run and process to process; without --cpu it stops."""
+    tmp_path, stdout, _ = _finished(smokes, "determinism")
+    with open(tmp_path / "d.json") as f:
+        report = json.load(f)
+    assert report["platform"] == "cpu" and [r["setting"] for r in report["rows"]] == ["default", "deterministic"]
+    assert all(r["run_to_run"] and r["process_to_process"] and r["equals_first"] for r in report["rows"])
+    assert "no GPU: measured on cpu" in stdout and "| deterministic |" in stdout
+    _, stdout, _ = _finished(smokes, "determinism_no_gpu")
+    assert stdout.startswith("no GPU: nothing to measure")
