@@ -130,7 +130,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     """Trains (resuming if the run directory has checkpoints) and evaluates; returns and writes results.json.
 
     With `config.pack_seeds` ("1,2,3") the seeds train together in one program sharing the frozen CLIP, each
-    in `workdir/seed<s>` exactly as if run alone; the results come back as a list.
+    in `workdir/seed<s>` with a lone run's config, data and initial prompts (equal to a lone run up to rounding: the
+    batched program sums in another order); the results come back as a list.
     """
     config_schema.validate(config)   # before any weights, data or run directory is touched
     if not config.pack_seeds:

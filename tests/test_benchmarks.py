@@ -16,6 +16,9 @@ SMOKES = {   # name: command line (`{out}` is the test's folder); all start toge
              "--workers", "1", "--passes", "1", "--device-input", "--json", "{out}/e.json"],
     "sweep_jobs": ["benchmarks/sweep_jobs.py", "--config", "configs/coop.py,configs/ivlp.py", "--args", "tiny",
                    "--datasets", "", "--epochs", "1", "--json", "{out}/s.json"],
+}
+# Started only when their tests run, after the smokes above: they run several processes one after another each.
+SERIAL_SMOKES = {
     "world_sensitivity": ["benchmarks/world_sensitivity.py", "--config", "configs/coop.py:tiny", "--seeds", "1,2",
                           "--nudges", "1", "--xla", "", "--json", "{out}/w.json"],
     "determinism": ["benchmarks/determinism.py", "--cpu", "--backbone", "tiny", "--classes", "5", "--batch", "2",
@@ -24,11 +27,10 @@ SMOKES = {   # name: command line (`{out}` is the test's folder); all start toge
 }
 
 
-@pytest.fixture(scope="module")
-def smokes(tmp_path_factory):
-    """name -> (folder, started process) of every smoke, side by side; none outlives the module."""
+def _start(specs: dict[str, list[str]], tmp_path_factory):
+    """name -> (folder, started process) of every smoke of `specs`, side by side; none outlives the module."""
     started = {}
-    for name, argv in SMOKES.items():
+    for name, argv in specs.items():
         out = tmp_path_factory.mktemp(name)
         started[name] = (out, subprocess.Popen([sys.executable, *(a.format(out=out) for a in argv)], cwd=ROOT,
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -37,6 +39,16 @@ def smokes(tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def smokes(tmp_path_factory):
+    yield from _start(SMOKES, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def serial_smokes(tmp_path_factory):
+    yield from _start(SERIAL_SMOKES, tmp_path_factory)
 
 
 def _finished(smokes, name: str):
@@ -93,9 +105,9 @@ def test_sweep_jobs_benchmark_smoke(smokes):
 
 
 @pytest.mark.slow
-def test_world_sensitivity_benchmark_smoke(smokes):
+def test_world_sensitivity_benchmark_smoke(serial_smokes):
     """A one-ulp nudge of the initial prompts reaches the loss; packed seeds are compared with their lone runs."""
-    tmp_path, stdout, _ = _finished(smokes, "world_sensitivity")
+    tmp_path, stdout, _ = _finished(serial_smokes, "world_sensitivity")
     with open(tmp_path / "w.json") as f:
         report = json.load(f)
     assert [r["run"] for r in report["rows"]] == ["seed 1", "seed 2"]
@@ -111,13 +123,13 @@ def test_world_sensitivity_benchmark_smoke(smokes):
 
 
 @pytest.mark.slow
-def test_determinism_benchmark_smoke(smokes):
+def test_determinism_benchmark_smoke(serial_smokes):
     """On the CPU both settings are bit-identical run to run and process to process; without --cpu it stops."""
-    tmp_path, stdout, _ = _finished(smokes, "determinism")
+    tmp_path, stdout, _ = _finished(serial_smokes, "determinism")
     with open(tmp_path / "d.json") as f:
         report = json.load(f)
     assert report["platform"] == "cpu" and [r["setting"] for r in report["rows"]] == ["default", "deterministic"]
     assert all(r["run_to_run"] and r["process_to_process"] and r["equals_first"] for r in report["rows"])
     assert "no GPU: measured on cpu" in stdout and "| deterministic |" in stdout
-    _, stdout, _ = _finished(smokes, "determinism_no_gpu")
+    _, stdout, _ = _finished(serial_smokes, "determinism_no_gpu")
     assert stdout.startswith("no GPU: nothing to measure")
