@@ -107,8 +107,8 @@ def transfer() -> None:
              average(t, ["zeroshot"], "top1", ["WorldScenes-Tint"]), (method, "zero-shot"))
     clean = lambda s: average(t, [s], "top1", ["WorldScenes"])
     line("aple - cocoop, DG WorldScenes", clean("aple"), clean("cocoop"), ("aple", "cocoop"))
-    line("kgcoop - zero-shot, DG WorldScenes", clean("kgcoop"), clean("zeroshot"), ("kgcoop", "zero-shot"))
-    line("aple - zero-shot, DG WorldScenes", clean("aple"), clean("zeroshot"), ("aple", "zero-shot"))
+    for method in LEARNED:
+        line(f"{method} - zero-shot, DG WorldScenes", clean(method), clean("zeroshot"), (method, "zero-shot"))
 
 
 def length() -> None:
@@ -120,7 +120,7 @@ def length() -> None:
     line("ivlp ctx4 - ctx16, base", one("ivlp-ctx4", "base"), one("ivlp-ctx16", "base"), ("4", "16"))
     line("ivlp ctx2 - ctx8, base", one("ivlp-ctx2", "base"), one("ivlp-ctx8", "base"), ("2", "8"))
     line("aple ctx16 - ctx2, base", one("aple-ctx16", "base"), one("aple-ctx2", "base"), ("16", "2"))
-    line("aple ctx4 - ctx1, base", one("aple-ctx4", "base"), one("aple-ctx1", "base"), ("4", "1"))
+    line("aple ctx2 - ctx1, base", one("aple-ctx2", "base"), one("aple-ctx1", "base"), ("2", "1"))
     line("coop ctx8 - ctx16, WorldCounts-Tint base", one("coop-ctx8", "base", "WorldCounts-Tint"),
          one("coop-ctx16", "base", "WorldCounts-Tint"), ("8", "16"))
 
