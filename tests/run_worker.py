@@ -1,11 +1,11 @@
 """Runs `aple_jax.run.run` in a subprocess (device count and processes are fixed when JAX starts).
 
 `python tests/run_worker.py WORKDIR METHOD [--set key=value ...] [--stop STEP] [--distributed COORD NPROC PID]
-    [--sigterm-at STEP]`
+    [--sigterm-at STEP [--signal SIGINT]]`
 
 Prints `RESULT {json}`: the device count, the data axis size and the final prompts (or `"preempted": true`, or
 `"interrupted": STEP` and the exit status of a run stopped by a signal). `--sigterm-at`: this process sends itself
-SIGTERM after that training step, and from then on each step waits STEP_WAIT_S (JAX's preemption service notices
+SIGTERM (or `--signal`) after that training step, and from then on each step waits STEP_WAIT_S (JAX's preemption service notices
 a signal within a second, and the processes then agree on a step a few steps on).
 """
 from __future__ import annotations
@@ -41,13 +41,13 @@ def _value(text: str):
 STEP_WAIT_S = 0.3
 
 
-def signal_at(step: int) -> None:
+def signal_at(step: int, sig: signal.Signals) -> None:
     real_advance = MetricWriter.advance
 
     def advance(self, global_step: int) -> None:
         real_advance(self, global_step)
         if global_step == step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
         if global_step >= step:
             time.sleep(STEP_WAIT_S)
 
@@ -62,9 +62,10 @@ def main() -> None:
     parser.add_argument("--stop", type=int)
     parser.add_argument("--distributed", nargs=3)
     parser.add_argument("--sigterm-at", type=int)
+    parser.add_argument("--signal", default="SIGTERM")
     a = parser.parse_args()
     if a.sigterm_at is not None:
-        signal_at(a.sigterm_at)
+        signal_at(a.sigterm_at, signal.Signals[a.signal])
     overrides = {k.replace(".", "__"): _value(v) for k, v in (s.split("=", 1) for s in a.set)}
     if a.distributed:
         overrides.update(distributed__coordinator=a.distributed[0], distributed__num_processes=int(a.distributed[1]),

@@ -235,3 +235,16 @@ def test_a_parallel_sweep_passes_sigterm_to_every_child_and_each_saves(tmp_path)
     dirs = assert_sweep_stopped(proc, tmp_path, interrupted=2, not_started=0)
     assert all(0 < newest_step(d) < 200 for d in dirs.values())
     assert len(below) >= 2 * (1 + WORKERS) and alive(below) == []   # the children and their loader workers
+
+
+@pytest.mark.slow
+@pytest.mark.gcs
+def test_ctrl_c_on_one_of_two_processes_is_passed_on_and_both_stop_at_one_step(gcs_emulator, gcs):
+    cut = two_processes(gcs_emulator, gcs, "--sigterm-at=3", "--signal=SIGINT")
+    report = "\n".join(err[-3000:] for _, _, err in cut)
+    assert [status for status, _, _ in cut] == [EXIT_SIGINT, EXIT_SIGTERM], report   # its own Ctrl-C; the notice
+    assert "Traceback" not in report
+    steps = {result["interrupted"] for _, result, _ in cut}
+    assert len(steps) == 1 and 3 < min(steps) < 20, report
+    with checkpoint.RunCheckpoints(gcs) as ckpt:
+        assert ckpt.latest_step() == steps.pop()
