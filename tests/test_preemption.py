@@ -13,8 +13,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from aple_jax import checkpoint, paths
-from aple_jax.errors import EXIT_SIGINT, EXIT_SIGTERM
+from aple_jax import checkpoint, paths, train
+from aple_jax.errors import EXIT_SIGINT, EXIT_SIGTERM, CheckpointError
 from aple_jax.prompt_files import PROMPTS_META_KEY
 from aple_jax.run import run
 from tests.cli import REPO
@@ -122,6 +122,15 @@ def test_a_signal_during_evaluation_stops_at_once_with_the_status(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["config.json"], report   # no results.json, no lock
     workers = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("DESCENDANTS "))[12:])
     assert len(workers) >= WORKERS and alive(workers) == [], report
+
+
+def test_resuming_with_another_worker_count_is_refused_naming_the_one_saved(tmp_path):
+    config = dict(optim__epochs=1, checkpoint_every_steps=1)
+    with pytest.raises(train.Preempted):
+        run(tiny_config("coop", dataset__num_workers=WORKERS, **config), str(tmp_path), stop_at_step=2)
+    with pytest.raises(CheckpointError, match=f"saved with dataset.num_workers={WORKERS}; this run has 0") as e:
+        run(tiny_config("coop", **config), str(tmp_path))
+    assert f"--config.dataset.num_workers={WORKERS}" in e.value.hint
 
 
 def two_processes(gcs_emulator, workdir: str, *args: str) -> list[tuple[int, dict, str]]:

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from aple_jax import paths, preemption
 from aple_jax.data.elements import BatchLayout, EvalElement, TrainElement
 from aple_jax.data.transforms import CLIP_CROP_SCALE
-from aple_jax.errors import ConfigError
+from aple_jax.errors import CheckpointError, ConfigError
 from aple_jax.sharding import local_batch_size, padded_batch_size, shard_batch
 
 PREFETCH_BATCHES = 2
@@ -83,9 +83,9 @@ def _close(iterator: grain.DatasetIterator, workers: bool) -> None:
 class TrainLoader(Iterator[dict[str, jax.Array]]):
     """Infinite iterator over training batches; `get_state`/`set_state` resume the exact sequence."""
 
-    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, steps_per_epoch: int, workers: bool = False):
+    def __init__(self, dataset: grain.IterDataset, mesh: Mesh, steps_per_epoch: int, num_workers: int = 0):
         self._iterator = iter(dataset)
-        self._workers = workers
+        self._num_workers = num_workers
         self._mesh = mesh
         self._steps_per_epoch = steps_per_epoch
 
@@ -97,14 +97,22 @@ class TrainLoader(Iterator[dict[str, jax.Array]]):
         return shard_batch(_unlinked(next(self._iterator)), self._mesh)
 
     def get_state(self) -> dict[str, Any]:
-        return self._iterator.get_state()
+        """The position, with the worker count whose iterator it belongs to (the batches do not depend on it)."""
+        return {"num_workers": self._num_workers, "iterator": self._iterator.get_state()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._iterator.set_state(state)
+        """Goes to a `get_state` position (or a bare grain state, as checkpoints before the worker count held)."""
+        saved = state.get("num_workers", self._num_workers) if "iterator" in state else self._num_workers
+        if saved != self._num_workers:
+            raise CheckpointError(f"the checkpoint's data-iterator position was saved with dataset.num_workers="
+                                  f"{saved}; this run has {self._num_workers}",
+                                  hint=f"resume with --config.dataset.num_workers={saved} (the batches are the same "
+                                       f"with any count; only the saved position depends on it)")
+        self._iterator.set_state(state["iterator"] if "iterator" in state else state)
 
     def close(self) -> None:
         """Stops prefetching and the worker processes."""
-        _close(self._iterator, self._workers)
+        _close(self._iterator, self._num_workers > 0)
 
 
 def train_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, image_size: int, seed: int,
@@ -118,8 +126,7 @@ def train_loader(source: Sequence[dict[str, Any]], *, global_batch_size: int, im
     element = TrainElement(source, layout, image_size, seed, augment, crop_scale)
     ds = grain.MapDataset.range(sys.maxsize // global_batch_size * layout.local_batch_size).map(element)
     ds = ds.batch(layout.local_batch_size, drop_remainder=True)
-    return TrainLoader(_to_iter(ds, num_workers, _reads_bucket(source)), mesh, element.steps_per_epoch,
-                       workers=num_workers > 0)
+    return TrainLoader(_to_iter(ds, num_workers, _reads_bucket(source)), mesh, element.steps_per_epoch, num_workers)
 
 
 class EvalLoader:
