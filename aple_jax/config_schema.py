@@ -24,6 +24,7 @@ from aple_jax.methods import METHODS
 from aple_jax.methods.aple import GRANULARITIES, ORDERS, STAGE2_LOSSES, TRAINED_MODALITY, UNTRAINED_MODALITY
 from aple_jax.methods.base import TEACHER_IMAGES, TEACHER_INPUTS
 from aple_jax.methods.zeroshot import ENSEMBLE_MODES, TEMPLATE_CHOICES
+from aple_jax.train import OPTIMIZERS, SCHEDULES
 from configs.common import SETTINGS
 
 Check = Callable[[Any], bool]
@@ -63,6 +64,8 @@ RANGES: dict[str, tuple[Check, str]] = {
     "optim.weight_decay": (_non_negative, "a finite number >= 0"),
     "optim.warmup_epochs": (_int_at_least(0), "an integer >= 0"),
     "optim.warmup_lr": (_positive, "a finite number > 0"),
+    "optim.eps": (_positive, "a finite number > 0"),
+    "optim.min_lr": (_non_negative, "a finite number >= 0"),
     "batch_size": (_int_at_least(1), "an integer >= 1"),
     "eval_batch_size": (_int_at_least(1), "an integer >= 1"),
     "log_every": (_int_at_least(1), "an integer >= 1"),
@@ -109,6 +112,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "stage1.untrained_modality": UNTRAINED_MODALITY,
     "stage1.trained_modality": TRAINED_MODALITY,
     "stage2.loss": STAGE2_LOSSES,
+    "optim.name": OPTIMIZERS,
+    "optim.schedule": SCHEDULES,
 }
 
 # The fewest text tokens a class prompt needs besides its context: start, one class-name token, ".", end.

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aple_jax import losses as L
 from aple_jax import prompts as P
 from aple_jax import sharding
 from aple_jax.adapter import AdapterConfig, apply_adapter
@@ -57,24 +56,23 @@ def _iterating(batches: Iterable[dict[str, Array]]) -> Iterator[Iterator[dict[st
             iterator.close()
 
 
-def test_logits(method: Method, prompts: P.Tree, clip_params: Any, class_side: Any, images: Array) -> Array:
-    """(B, C) logits of test-transformed images as the method scores them at test time (adapter included)."""
+def test_logits(method: Method, prompts: P.Tree, clip_params: Any, class_side: Any, images: Array,
+                split: str = "all") -> Array:
+    """(B, C) logits of test-transformed images as the method scores them at test time on `split` ("base", "new",
+    "all", a transfer target; the method's `eval_logits` may score base classes differently), adapter included."""
     images = apply_adapter(images, method.adapter) if method.adapter_test else images
-    if method.per_image_text:
-        img, txt = method.features(prompts, clip_params, class_side, images)
-    else:
-        img, txt = method.image_features(prompts, clip_params, images), class_side
-    return L.cosine_logits(method.backbone.logit_scale(clip_params), img, txt)
+    return method.eval_logits(prompts, clip_params, class_side, images, split)
 
 
-def make_eval_step(method: Method):
-    """jit `(prompts, clip_params, class_side, batch) -> (C, C) confusion counts` (row: true class, column: top-1
-    prediction; padding counts nowhere).
+def make_eval_step(method: Method, split: str = "all"):
+    """jit `(prompts, clip_params, class_side, batch) -> (C, C) confusion counts` on `split` (row: true class,
+    column: top-1 prediction; padding counts nowhere).
 
-    `class_side` is the cached (C, P) text features, or the ClassTexts for methods whose text depends on the image.
+    `class_side` is the cached (C, P) text features, or the ClassTexts for methods whose text depends on the image;
+    the method's `eval_logits` knows which split it scores ("base", "new", "all", a transfer target).
     """
     def step(prompts, clip_params, class_side, batch):
-        logits = test_logits(method, prompts, clip_params, class_side, batch["image"])
+        logits = test_logits(method, prompts, clip_params, class_side, batch["image"], split)
         num_classes = logits.shape[-1]
         confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
         return confusion.at[batch["label"], jnp.argmax(logits, -1)].add(batch["mask"].astype(jnp.int32))
@@ -90,9 +88,10 @@ def class_side(method: Method, prompts: P.Tree, clip_params: Any, classnames: li
 
 
 def evaluate_batches(method: Method, prompts: P.Tree, clip_params: Any, classnames: list[str], template: str,
-                     batches: Iterable[dict[str, Array]], step=None) -> EvalResult:
-    """Accuracy, per-class counts and confusion of `prompts` over padded, masked batches (any number of devices)."""
-    step = step or make_eval_step(method)
+                     batches: Iterable[dict[str, Array]], step=None, split: str = "all") -> EvalResult:
+    """Accuracy, per-class counts and confusion of `prompts` on `split` over padded, masked batches (any number of
+    devices)."""
+    step = step or make_eval_step(method, split)
     side = class_side(method, prompts, clip_params, classnames, template)
     confusion = None
     with _iterating(batches) as iterator:

@@ -206,7 +206,9 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
                                                      config.backbone.remat)
     clip_params = sharding.replicate(clip_params, mesh)
     method = build_method(config, backbone, tokenizer)
-    phases = train.scale_phases(method.phases(), config.optim.epoch_scale)
+    per_epoch = {train.steps_per_epoch(len(s.train.train), config.batch_size) for s in settings if s.train is not None}
+    phases = train.scale_phases(train.resolve_iterations(method.phases(), max(per_epoch, default=1)),
+                                config.optim.epoch_scale)
     evaluators = [method] + ([zero_shot_reference(config, backbone, tokenizer)]
                              if config.zeroshot.compare and phases else [])
     for setting in settings:   # every evaluation class name fits the text context: checked before training
@@ -224,7 +226,7 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
             batches = eval_loader(ev.splits.test, global_batch_size=config.eval_batch_size, image_size=image_size,
                                   mesh=mesh, num_workers=config.dataset.num_workers)
             out[ev.name] = evaluate.evaluate_batches(model, p, clip_params, list(ev.splits.classnames),
-                                                     ev.splits.template, batches)
+                                                     ev.splits.template, batches, split=ev.name)
         return out
 
     if config.eval_only_from:
@@ -312,7 +314,7 @@ def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.See
             job.history.append({"phase": phase, "epoch": epoch, "step": step, **accs})
             writer.write(step, {"phase": "eval", **{f"{k}_accuracy": v for k, v in accs.items()}})
 
-    return train.SeedRun(make_loader, checkpoint.RunCheckpoints(job.workdir), writer, on_epoch_end)
+    return train.SeedRun(make_loader, checkpoint.RunCheckpoints(job.workdir), writer, on_epoch_end, config.seed)
 
 
 def curve_epochs(epochs: int, points: int) -> set[int]:
@@ -344,7 +346,8 @@ def load_trained_prompts(source: str, method: Method, phases: list, prompts_like
         phase = phases[meta["phase"]]
         plan = train.plan_phase(method, phase, prompts_like)
         tx = train.make_optimizer(phase, plan.selection.labels(prompts_like), 1, method.config.optim)
-        return train.init_state(prompts_like, tx, phase.gpa is not None)
+        rng = jax.random.key(0) if method.needs_rng else None   # the structure only: the saved key comes back
+        return train.init_state(prompts_like, tx, phase.gpa is not None, rng)
 
     with checkpoint.RunCheckpoints(source) as ckpt:   # a broken newest checkpoint: warned, left, the older one used
         restored = ckpt.restore_newest(like, delete=False)

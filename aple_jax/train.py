@@ -4,6 +4,7 @@ features) are computed once and passed in."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Mapping
 
 import jax
@@ -22,6 +23,8 @@ from aple_jax.errors import CheckpointError, Interrupted, TrainingDivergedError
 from aple_jax.methods.base import Method, Phase
 
 Array = jax.Array
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine_epoch", "cosine_step")
 
 
 # ------------------------------------------------------------------------------------------- optimizer, schedule
@@ -34,6 +37,13 @@ def epoch_schedule(base_lr: float, epochs: int, warmup_epochs: int = 1, warmup_l
     return optax.join_schedules([optax.constant_schedule(warmup_lr), cosine], boundaries=[warmup_epochs])
 
 
+def resolve_iterations(phases: list[Phase], per_epoch: int) -> list[Phase]:
+    """Phases whose budget is counted in steps (`Phase.iterations`, CLIP-LoRA's 500 x shots) as the nearest whole
+    number of epochs of `per_epoch` steps (at least 1)."""
+    return [dataclasses.replace(p, epochs=max(1, round(p.iterations / max(per_epoch, 1))), iterations=0)
+            if p.iterations else p for p in phases]
+
+
 def scale_phases(phases: list[Phase], scale: float) -> list[Phase]:
     """Every phase `scale` times as long: its epochs (and GPA's mean and std, counted in epochs) x `scale`; epochs
     are rounded and at least 1, so that one factor shortens every method's recipe alike."""
@@ -44,13 +54,50 @@ def scale_phases(phases: list[Phase], scale: float) -> list[Phase]:
     return phases if scale == 1.0 else [scaled(p) for p in phases]
 
 
+def learning_rate(phase: Phase, steps_per_epoch: int, optim: ml_collections.ConfigDict) -> optax.Schedule:
+    """The phase's rate by step: Dassl's per-epoch cosine after its warm-up (`cosine_epoch`), or PyTorch's
+    `CosineAnnealingLR` stepped every iteration down to `optim.min_lr` (`cosine_step`, CLIP-LoRA)."""
+    schedule = optim.get("schedule", "cosine_epoch")
+    if schedule == "cosine_step":
+        total, floor = phase.epochs * steps_per_epoch, optim.get("min_lr", 0.0)
+        return optax.cosine_decay_schedule(phase.lr, decay_steps=total, alpha=floor / phase.lr)
+    if schedule != "cosine_epoch":
+        raise ValueError(f"optim.schedule={schedule!r}; expected one of {SCHEDULES}")
+    by_epoch = epoch_schedule(phase.lr, phase.epochs, optim.warmup_epochs, optim.warmup_lr)
+    return lambda count: by_epoch(count // steps_per_epoch)
+
+
+def decay_mask(no_decay: tuple[str, ...]) -> Callable[[P.Tree], P.Tree]:
+    """Weight decay on every trained leaf but those whose path fully matches one of the `no_decay` regexes."""
+    patterns = [re.compile(p) for p in no_decay]
+
+    def mask(tree: P.Tree) -> P.Tree:
+        def decays(path, _) -> bool:
+            name = "/".join(str(getattr(k, "key", k)) for k in path)
+            return not any(p.fullmatch(name) for p in patterns)
+        return jax.tree_util.tree_map_with_path(decays, tree)
+
+    return mask
+
+
 def make_optimizer(phase: Phase, labels: P.Tree, steps_per_epoch: int,
                    optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """SGD with momentum and PyTorch-style weight decay on the phase's leaves; the rest get no update and no state."""
-    by_epoch = epoch_schedule(phase.lr, phase.epochs, optim.warmup_epochs, optim.warmup_lr)
-    lr = lambda count: by_epoch(count // steps_per_epoch)
-    sgd = optax.chain(optax.add_decayed_weights(optim.weight_decay), optax.sgd(lr, momentum=optim.momentum))
-    return optax.partition({"train": sgd, "freeze": optax.set_to_zero()}, labels)
+    """The phase's optimizer on its leaves (the rest get no update and no state): SGD with momentum or Adam, with
+    PyTorch-style (coupled) weight decay, or AdamW's decoupled decay; `phase.optimizer` overrides `optim.name`."""
+    name = phase.optimizer or optim.get("name", "sgd")
+    lr = learning_rate(phase, steps_per_epoch, optim)
+    mask = decay_mask(tuple(optim.get("no_decay", ())))
+    b1, b2 = optim.get("betas", (0.9, 0.999))
+    eps = optim.get("eps", 1e-8)
+    if name == "sgd":
+        inner = optax.chain(optax.add_decayed_weights(optim.weight_decay, mask), optax.sgd(lr, momentum=optim.momentum))
+    elif name == "adam":
+        inner = optax.chain(optax.add_decayed_weights(optim.weight_decay, mask), optax.adam(lr, b1, b2, eps))
+    elif name == "adamw":
+        inner = optax.adamw(lr, b1, b2, eps, weight_decay=optim.weight_decay, mask=mask)
+    else:
+        raise ValueError(f"optimizer {name!r} (phase {phase.name!r}); expected one of {OPTIMIZERS}")
+    return optax.partition({"train": inner, "freeze": optax.set_to_zero()}, labels)
 
 
 # ------------------------------------------------------------------------------------------------------ state
@@ -61,11 +108,15 @@ class TrainState:
     opt_state: Any
     gpa_sum: P.Tree | None   # running Gaussian-weighted sum of per-epoch prompts (PromptSRC), else None
     finite: Array            # False once any loss or updated prompt was NaN or infinite
+    rng: Array | None = None  # raw key data for methods whose training is random (dropout), split every step
 
 
-def init_state(prompts: P.Tree, tx: optax.GradientTransformation, with_gpa: bool) -> TrainState:
+def init_state(prompts: P.Tree, tx: optax.GradientTransformation, with_gpa: bool,
+               rng: Array | None = None) -> TrainState:
+    """`rng`: a typed key, kept as raw key data (checkpointable) for methods with `needs_rng`."""
     gpa_sum = jax.tree.map(jnp.zeros_like, prompts) if with_gpa else None
-    return TrainState(prompts, tx.init(prompts), gpa_sum, jnp.asarray(True))
+    key_data = None if rng is None else jax.random.key_data(rng)
+    return TrainState(prompts, tx.init(prompts), gpa_sum, jnp.asarray(True), key_data)
 
 
 def gpa_weights(epochs: int, mean: float, std: float) -> np.ndarray:
@@ -112,13 +163,13 @@ def make_loss_fn(method: Method, plan: PhasePlan) -> Callable:
     present, weights = plan.phase.present, plan.phase.weights
     backbone = method.backbone
 
-    def loss_fn(trained, frozen, clip_params, consts, batch):
+    def loss_fn(trained, frozen, clip_params, consts, batch, rng=None):
         prompts = P.merge(frozen, trained)
         images = batch["image"]
         student_in = apply_adapter(images, method.adapter) if method.adapter_train else images
         teacher_in = student_in if method.teacher_sees_adapter else images
         img, txt = method.features(prompts, clip_params, consts["texts"], student_in, present,
-                                   consts.get("text_cache"))
+                                   consts.get("text_cache"), rng=rng)
         scale = backbone.logit_scale(clip_params)
         logits = L.cosine_logits(scale, img, txt)
         terms = {"ce": L.cross_entropy(logits, batch["label"])}
@@ -154,7 +205,11 @@ def make_train_step(method: Method, plan: PhasePlan, tx: optax.GradientTransform
 
     def step(state: TrainState, clip_params, consts, batch):
         trained, frozen = P.split(state.prompts, leaves)
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(trained, frozen, clip_params, consts, batch)
+        rng = next_rng = None
+        if state.rng is not None:
+            rng, next_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+            next_rng = jax.random.key_data(next_rng)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(trained, frozen, clip_params, consts, batch, rng)
         full_grads = P.merge({p: jnp.zeros_like(v) for p, v in frozen.items()}, grads)
         updates, opt_state = tx.update(full_grads, state.opt_state, state.prompts)
         flat_updates = P.flatten(updates)
@@ -169,7 +224,8 @@ def make_train_step(method: Method, plan: PhasePlan, tx: optax.GradientTransform
         finite = state.finite & jnp.isfinite(metrics["loss"])
         for value in new_trained.values():
             finite = finite & jnp.all(jnp.isfinite(value))
-        new_state = state.replace(prompts=P.merge(frozen, new_trained), opt_state=opt_state, finite=finite)
+        new_state = state.replace(prompts=P.merge(frozen, new_trained), opt_state=opt_state, finite=finite,
+                                  rng=next_rng)
         return new_state, metrics
 
     if packed:
@@ -235,6 +291,7 @@ class SeedRun:
     checkpoints: Any                           # RunCheckpoints
     writer: Any                                # MetricWriter
     on_epoch_end: Callable[[str, int, P.Tree, int], None] | None = None
+    seed: int = 0                              # the run's seed: the stream of random training draws (dropout)
 
 
 @dataclasses.dataclass
@@ -288,7 +345,8 @@ def _restore(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: Fi
     """Where the seeds stand (their checkpoints must agree), with their restored states; None to start afresh."""
     def like(p: P.Tree) -> Callable[[dict[str, Any]], TrainState]:
         # every leaf global over the mesh, as on the other hosts of a multi-host run
-        return lambda meta: sharding.replicate(_phase_setup(method, phases[meta["phase"]], p, ctx, 1)[1], ctx.mesh)
+        return lambda meta: sharding.replicate(
+            _phase_setup(method, meta["phase"], phases[meta["phase"]], p, ctx, 1, 0)[1], ctx.mesh)
 
     restored = [s.checkpoints.restore_newest(like(p)) for s, p in zip(ctx.seeds, prompts)]
     if all(r is None for r in restored):
@@ -302,10 +360,12 @@ def _restore(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: Fi
     return {**metas[0], "states": [r[2] for r in restored], "data_states": [m["data_state"] for m in metas]}
 
 
-def _phase_setup(method: Method, phase: Phase, prompts: P.Tree, ctx: FitContext, per_epoch: int):
+def _phase_setup(method: Method, index: int, phase: Phase, prompts: P.Tree, ctx: FitContext, per_epoch: int,
+                 seed: int):
     plan = plan_phase(method, phase, prompts)
     tx = make_optimizer(phase, plan.selection.labels(prompts), per_epoch, ctx.optim)
-    return plan, init_state(prompts, tx, phase.gpa is not None), tx
+    rng = jax.random.fold_in(jax.random.key(seed), index) if method.needs_rng else None
+    return plan, init_state(prompts, tx, phase.gpa is not None, rng), tx
 
 
 def final_prompts(phase: Phase, state: TrainState) -> P.Tree:
@@ -331,7 +391,7 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
     if any(loader.steps_per_epoch != per_epoch for loader in loaders):
         raise ValueError(f"packed seeds have different steps per epoch "
                          f"{[loader.steps_per_epoch for loader in loaders]}: run them separately")
-    setups = [_phase_setup(method, phase, p, ctx, per_epoch) for p in prompts]
+    setups = [_phase_setup(method, index, phase, p, ctx, per_epoch, s.seed) for p, s in zip(prompts, ctx.seeds)]
     plan, tx = setups[0][0], setups[0][2]
     states = [setup[1] for setup in setups]
     start_epoch, skip_steps = 0, 0

@@ -79,8 +79,11 @@ def base_config(method: str) -> ml_collections.ConfigDict:
                                                kernel_norm="peak", apply_train=True, apply_test=True,
                                                teacher_input="fused"))
     # epoch_scale multiplies every phase's epochs (and GPA's mean and std), rounded, at least 1: one factor for all.
-    c.optim = ml_collections.ConfigDict(dict(lr=0.0025, epochs=20, momentum=0.9, weight_decay=5e-4,
-                                             warmup_epochs=1, warmup_lr=1e-5, epoch_scale=1.0))
+    # name: sgd | adam | adamw (a phase may name its own); no_decay: regexes of trained paths without weight decay;
+    # schedule: cosine_epoch (Dassl: per epoch, after the warm-up) | cosine_step (per step down to min_lr).
+    c.optim = ml_collections.ConfigDict(dict(name="sgd", lr=0.0025, epochs=20, momentum=0.9, weight_decay=5e-4,
+                                             betas=(0.9, 0.999), eps=1e-8, no_decay=(), schedule="cosine_epoch",
+                                             min_lr=0.0, warmup_epochs=1, warmup_lr=1e-5, epoch_scale=1.0))
     c.loss_weights = ml_collections.ConfigDict(dict(ce=1.0))
     c.kl = ml_collections.ConfigDict(dict(temperature=1.0, direction="zs_p", reduction="sum_over_bc"))
     # The zero-shot teacher of KL/L1 terms. images: "augmented" runs frozen CLIP on each step's augmented batch;

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from aple_jax import paths
 from aple_jax.clip import model as clip_model
+from aple_jax.clip.mods import TowerMods
 from aple_jax.clip.tokenizer import Tokenizer
 from aple_jax.errors import ConfigError, StorageError, WeightsError
 
@@ -35,11 +36,13 @@ class Backbone:
         return self.model.cfg
 
     def image(self, params: Any, images: Array, shallow: Array | None = None,
-              deep: Sequence[Array] | None = None) -> Array:
-        return self.model.apply({"params": params}, images, shallow, deep, method=clip_model.CLIP.encode_image)
+              deep: Sequence[Array] | None = None, mods: TowerMods | None = None):
+        return self.model.apply({"params": params}, images, shallow, deep, mods,
+                                method=clip_model.CLIP.encode_image)
 
-    def text(self, params: Any, embeds: Array, eot_idx: Array, deep: Sequence[Array] | None = None) -> Array:
-        return self.model.apply({"params": params}, embeds, eot_idx, deep, method=clip_model.CLIP.encode_text)
+    def text(self, params: Any, embeds: Array, eot_idx: Array, deep: Sequence[Array] | None = None,
+             mods: TowerMods | None = None) -> Array:
+        return self.model.apply({"params": params}, embeds, eot_idx, deep, mods, method=clip_model.CLIP.encode_text)
 
     def embed(self, params: Any, token_ids: Array) -> Array:
         return self.model.apply({"params": params}, token_ids, method=clip_model.CLIP.embed_tokens)

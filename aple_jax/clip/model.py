@@ -8,7 +8,8 @@ Prompts are arguments, never parameters:
   `deep[k]` of shape `(n, D)` replace positions `1..n` before block `k + 1`;
 - vision tower: optional shallow prompts `(n, D)` are appended after the patch tokens before `ln_pre`; optional
   deep prompts `deep[k]` of shape `(n, D)` replace the last `n` tokens before block `k + 1`.
-With no prompts both towers compute plain CLIP.
+Beyond prompts, both towers take a `mods.TowerMods` (residual adapters, hooks on the attention projections,
+inserted tokens; see aple_jax/clip/mods.py). With no prompts and no mods both towers compute plain CLIP.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from aple_jax.clip.mods import TowerMods
 
 Array = jax.Array
 Params = Any
@@ -81,13 +84,19 @@ class Attention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, projection=None) -> Array:
+        """`projection(name, input, output)`, when given, replaces each projection's output (all (..., width))."""
         width = x.shape[-1]
         head_dim = width // self.num_heads
-        proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name)
-        q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
+
+        def proj(name: str) -> Array:
+            y = nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name)(x)
+            return y if projection is None else projection(name, x, y.reshape(x.shape)).reshape(y.shape)
+
+        q, k, v = proj("query"), proj("key"), proj("value")
         y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
-        return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(y)
+        out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(y)
+        return out if projection is None else projection("out", y.reshape(out.shape), out)
 
 
 class MLP(nn.Module):
@@ -106,7 +115,8 @@ class ResidualAttentionBlock(nn.Module):
     """Pre-LN residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 
     The residual stream `x` is fp32 under every compute dtype: the attention and MLP run in `dtype` and their
-    outputs are added in fp32, so bf16 rounds each block's update, never the accumulated stream.
+    outputs are added in fp32, so bf16 rounds each block's update, never the accumulated stream. `residual(h)` of
+    `h = ln_1(x)` is added last and `projection` goes to the attention (TowerMods; static arguments under remat).
     """
     num_heads: int
     mlp_ratio: int
@@ -115,15 +125,18 @@ class ResidualAttentionBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
-        h = _layer_norm("ln_1")(x).astype(self.dtype)
-        x = x + Attention(self.num_heads, self.causal, self.dtype, name="attn")(h).astype(x.dtype)
+    def __call__(self, x: Array, residual=None, projection=None) -> Array:
+        h1 = _layer_norm("ln_1")(x).astype(self.dtype)
+        x = x + Attention(self.num_heads, self.causal, self.dtype, name="attn")(h1, projection).astype(x.dtype)
         h = _layer_norm("ln_2")(x).astype(self.dtype)
-        return x + MLP(x.shape[-1] * self.mlp_ratio, self.activation, self.dtype, name="mlp")(h).astype(x.dtype)
+        x = x + MLP(x.shape[-1] * self.mlp_ratio, self.activation, self.dtype, name="mlp")(h).astype(x.dtype)
+        extra = None if residual is None else residual(h1)
+        return x if extra is None else x + extra.astype(x.dtype)
 
 
 class Transformer(nn.Module):
-    """A stack of blocks; `replace(x, k)` inserts the deep prompts that go before block k."""
+    """A stack of blocks; `replace(x, k)` inserts the deep prompts that go before block k; `mods` adds residuals,
+    projection hooks and inserted tokens."""
     layers: int
     num_heads: int
     mlp_ratio: int
@@ -133,17 +146,39 @@ class Transformer(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, deep_prompts: Sequence[Array] | None, replace) -> Array:
-        block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+    def __call__(self, x: Array, deep_prompts: Sequence[Array] | None, replace, mods: TowerMods | None = None) -> Array:
+        block_cls = nn.remat(ResidualAttentionBlock, static_argnums=(2, 3)) if self.remat else ResidualAttentionBlock
         n_deep = 0 if deep_prompts is None else len(deep_prompts)
         if n_deep >= self.layers:
             raise ValueError(f"{n_deep} deep prompt layers need more than the tower's {self.layers} layers")
+        inserted = _check_inserted(mods, self.layers)
         for i in range(self.layers):
             if 1 <= i <= n_deep:
                 x = replace(x, deep_prompts[i - 1].astype(x.dtype))
+            if inserted and i >= mods.inserted_from:
+                x = _insert_after_first(x, inserted[i - mods.inserted_from], replace=i > mods.inserted_from)
+            residual, projection = (None, None) if mods is None else mods.block_hooks(i)
             x = block_cls(self.num_heads, self.mlp_ratio, self.activation, self.causal, self.dtype,
-                          name=f"resblocks.{i}")(x)
+                          name=f"resblocks.{i}")(x, residual, projection)
         return x
+
+
+def _check_inserted(mods: TowerMods | None, layers: int) -> Sequence[Array] | None:
+    """The inserted tokens, one (n, D) per block from `inserted_from` to the last, or None."""
+    if mods is None or mods.inserted is None:
+        return None
+    expected = layers - mods.inserted_from
+    if not 0 <= mods.inserted_from < layers or len(mods.inserted) != expected:
+        raise ValueError(f"inserted tokens from block {mods.inserted_from} of {layers} need {expected} token sets, "
+                         f"got {len(mods.inserted)}")
+    return mods.inserted
+
+
+def _insert_after_first(h: Array, tokens: Array, replace: bool) -> Array:
+    """Tokens (n, D) placed after the first token; `replace`: over the n tokens placed there before."""
+    n = tokens.shape[-2]
+    rest = h[:, 1 + n:] if replace else h[:, 1:]
+    return jnp.concatenate([h[:, :1], _broadcast_rows(tokens, h.shape[0]).astype(h.dtype), rest], axis=1)
 
 
 def _broadcast_rows(prompt: Array, batch: int) -> Array:
@@ -158,7 +193,8 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, images: Array, shallow_prompts: Array | None = None,
-                 deep_prompts: Sequence[Array] | None = None) -> Array:
+                 deep_prompts: Sequence[Array] | None = None, mods: TowerMods | None = None):
+        """(B, embed_dim) features; with `mods.inserted_proj` also the inserted tokens' pooled (B, embed_dim)."""
         cfg = self.cfg
         expected = (cfg.image_resolution, cfg.image_resolution, 3)
         if images.ndim != 4 or images.shape[1:] != expected:
@@ -182,9 +218,15 @@ class VisionTransformer(nn.Module):
             return jnp.concatenate([h[:, :h.shape[1] - n], _broadcast_rows(prompt, h.shape[0])], axis=1)
 
         x = Transformer(cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio, cfg.activation, False, self.dtype,
-                        self.remat, name="transformer")(x, deep_prompts, replace_last)
-        pooled = _layer_norm("ln_post")(x[:, 0])
-        return nn.Dense(cfg.embed_dim, use_bias=False, dtype=jnp.float32, name="proj")(pooled)
+                        self.remat, name="transformer")(x, deep_prompts, replace_last, mods)
+        ln_post = _layer_norm("ln_post")
+        features = nn.Dense(cfg.embed_dim, use_bias=False, dtype=jnp.float32, name="proj")(ln_post(x[:, 0]))
+        if mods is None or mods.inserted_proj is None:
+            return features
+        if mods.inserted is None:
+            raise ValueError("mods.inserted_proj pools inserted tokens, but no tokens are inserted")
+        n = mods.inserted[0].shape[-2]
+        return features, ln_post(x[:, 1:1 + n]).mean(axis=1) @ mods.inserted_proj
 
 
 class TextTransformer(nn.Module):
@@ -206,8 +248,12 @@ class TextTransformer(nn.Module):
         """Token embeddings (no positions) of integer ids, for building prompts."""
         return self.token_embedding(token_ids)
 
-    def __call__(self, token_embeds: Array, eot_idx: Array, deep_prompts: Sequence[Array] | None = None) -> Array:
+    def __call__(self, token_embeds: Array, eot_idx: Array, deep_prompts: Sequence[Array] | None = None,
+                 mods: TowerMods | None = None) -> Array:
         length = token_embeds.shape[1]
+        n_inserted = 0 if mods is None or mods.inserted is None else mods.inserted[0].shape[-2]
+        if n_inserted and deep_prompts:
+            raise ValueError("the text tower takes deep prompts or inserted tokens after SOT, not both")
         if length > self.cfg.context_length:
             raise ValueError(f"text of {length} tokens exceeds the context length {self.cfg.context_length}")
         x = (token_embeds + self.positional_embedding[:length]).astype(jnp.float32)   # fp32 residual stream
@@ -216,9 +262,10 @@ class TextTransformer(nn.Module):
             n = prompt.shape[-2]
             return jnp.concatenate([h[:, :1], _broadcast_rows(prompt, h.shape[0]), h[:, 1 + n:]], axis=1)
 
-        x = self.transformer(x, deep_prompts, replace_ctx)
+        x = self.transformer(x, deep_prompts, replace_ctx, mods)
         x = self.ln_final(x)
-        pooled = jnp.take_along_axis(x, eot_idx.astype(jnp.int32)[:, None, None], axis=1)[:, 0]
+        eot_idx = eot_idx.astype(jnp.int32) + n_inserted   # inserted tokens after SOT move the EOT on
+        pooled = jnp.take_along_axis(x, eot_idx[:, None, None], axis=1)[:, 0]
         return self.text_projection(pooled)
 
 
@@ -234,11 +281,12 @@ class CLIP(nn.Module):
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(jnp.log(1 / 0.07)), ())
 
     def encode_image(self, images: Array, shallow_prompts: Array | None = None,
-                     deep_prompts: Sequence[Array] | None = None) -> Array:
-        return self.visual(images, shallow_prompts, deep_prompts)
+                     deep_prompts: Sequence[Array] | None = None, mods: TowerMods | None = None):
+        return self.visual(images, shallow_prompts, deep_prompts, mods)
 
-    def encode_text(self, token_embeds: Array, eot_idx: Array, deep_prompts: Sequence[Array] | None = None) -> Array:
-        return self.text(token_embeds, eot_idx, deep_prompts)
+    def encode_text(self, token_embeds: Array, eot_idx: Array, deep_prompts: Sequence[Array] | None = None,
+                    mods: TowerMods | None = None) -> Array:
+        return self.text(token_embeds, eot_idx, deep_prompts, mods)
 
     def embed_tokens(self, token_ids: Array) -> Array:
         return self.text.embed(token_ids)

@@ -17,6 +17,7 @@ from aple_jax import prompts as P
 from aple_jax.adapter import AdapterConfig
 from aple_jax.clip.backbone import Backbone
 from aple_jax.clip.tokenizer import Tokenizer
+from aple_jax import losses as L
 from aple_jax.losses import TERMS, KLOptions
 
 Array = jax.Array
@@ -38,12 +39,14 @@ class Phase:
     present: tuple[str, ...] = MODALITIES       # modalities whose prompts enter the towers
     losses: tuple[tuple[str, float], ...] = (("ce", 1.0),)
     gpa: tuple[float, float] | None = None      # PromptSRC's Gaussian prompt aggregation (mean, std) over epochs
+    optimizer: str = ""                         # "sgd", "adam" or "adamw"; "" for the config's optim.name
+    iterations: int = 0                         # a budget in steps instead of epochs (resolved per dataset)
 
     def __post_init__(self) -> None:
         unknown = [k for k, _ in self.losses if k not in TERMS]
         if unknown:
             raise ValueError(f"phase {self.name!r}: unknown loss terms {unknown}; expected some of {TERMS}")
-        if self.epochs < 1:
+        if self.epochs < 1 and not self.iterations:
             raise ValueError(f"phase {self.name!r}: epochs must be >= 1, got {self.epochs}")
         if not self.train:
             raise ValueError(f"phase {self.name!r} trains nothing: its selector list is empty")
@@ -63,6 +66,7 @@ class Method:
     """Deep, independent vision and language prompts (IVLP); depth 0 for a modality means no prompts there."""
     name = "ivlp"
     per_image_text = False   # True when text features depend on the image (CoCoOp): never cached
+    needs_rng = False        # True when training draws random numbers (LoRA dropout): `features` gets an `rng`
 
     def __init__(self, config: ml_collections.ConfigDict, backbone: Backbone, tokenizer: Tokenizer):
         self.config = config
@@ -140,11 +144,23 @@ class Method:
         return "vision" in present and "vision" in prompts
 
     def features(self, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts, images: Array,
-                 present: tuple[str, ...] = MODALITIES, text_cache: Array | None = None) -> tuple[Array, Array]:
-        """(image features (B, P), text features (C, P) or (B, C, P)); `text_cache` skips the text tower."""
+                 present: tuple[str, ...] = MODALITIES, text_cache: Array | None = None,
+                 rng: Array | None = None) -> tuple[Array, Array]:
+        """(image features (B, P), text features (C, P) or (B, C, P)) for training; `text_cache` skips the text
+        tower; `rng` (methods with `needs_rng`) draws the step's random numbers."""
         img = self.image_features(prompts, clip_params, images, present)
         txt = text_cache if text_cache is not None else self.text_features(prompts, clip_params, texts, present)
         return img, txt
+
+    def eval_logits(self, prompts: P.Tree, clip_params: Any, class_side: Any, images: Array, split: str) -> Array:
+        """(B, C) test logits on `split` ("base", "new", "all", or a transfer target's name); `class_side` is the
+        cached class text features (or the ClassTexts when `per_image_text`). The same for every split here; a
+        method may score base classes differently from new ones."""
+        if self.per_image_text:
+            img, txt = self.features(prompts, clip_params, class_side, images)
+        else:
+            img, txt = self.image_features(prompts, clip_params, images), class_side
+        return L.cosine_logits(self.backbone.logit_scale(clip_params), img, txt)
 
     # ------------------------------------------------------------------------------------------------- phases
     def phases(self) -> list[Phase]:

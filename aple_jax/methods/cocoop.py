@@ -44,7 +44,8 @@ class CoCoOp(Method):
         return tree
 
     def features(self, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts, images: Array,
-                 present: tuple[str, ...] = MODALITIES, text_cache: Array | None = None) -> tuple[Array, Array]:
+                 present: tuple[str, ...] = MODALITIES, text_cache: Array | None = None,
+                 rng: Array | None = None) -> tuple[Array, Array]:
         """(image features (B, P), per-image class text features (B, C, P))."""
         img = self.backbone.image(clip_params, images)
         mn = prompts["meta_net"]
