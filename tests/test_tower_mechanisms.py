@@ -14,29 +14,11 @@ from aple_jax import evaluate, prompts as P, train
 from aple_jax.clip import model as clip_model
 from aple_jax.clip import mods as M
 from aple_jax.clip.model import CLIP, ResidualAttentionBlock
-from aple_jax.clip.tokenizer import Tokenizer
 from aple_jax.methods.base import Phase
 
-CFG = dataclasses.replace(clip_model.get_config("tiny"), vision_layers=3, text_layers=3)
-MODEL = CLIP(CFG)
-TEXTS = ["a photo of a red triangle.", "x", "a blurry photo of the cool toy dog."]
+from tests.test_clip_model import CFG, MODEL, images, params, text  # noqa: F401 - the 4-layer tiny CLIP's fixtures
 
-
-@pytest.fixture(scope="module")
-def params():
-    return clip_model.init_params(CFG, seed=4)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return jax.random.normal(jax.random.key(0), (2, CFG.image_resolution, CFG.image_resolution, 3))
-
-
-@pytest.fixture(scope="module")
-def text(params):
-    ids, eot = Tokenizer.builtin_tiny().tokenize(TEXTS, CFG.context_length)
-    ids = ids[:, : int(eot.max()) + 1]
-    return MODEL.apply({"params": params}, jnp.asarray(ids), method=CLIP.embed_tokens), jnp.asarray(eot)
+LAYERS = CFG.vision_layers   # = CFG.text_layers
 
 
 @functools.partial(jax.jit, static_argnames=("image_mods", "text_mods"))
@@ -47,7 +29,8 @@ def towers(params, images, embeds, eot, image_mods=None, text_mods=None):
 
 
 def logits(params, images, text, image_mods=None, text_mods=None):
-    img, txt = towers(params, images, *text, image_mods=image_mods, text_mods=text_mods)
+    _, eot, embeds = text
+    img, txt = towers(params, images, embeds, eot, image_mods=image_mods, text_mods=text_mods)
     img = img[0] if isinstance(img, tuple) else img
     return np.asarray(jnp.exp(params["logit_scale"]) * clip_model.normalize(img) @ clip_model.normalize(txt).T)
 
@@ -63,28 +46,29 @@ def lora_factors(width: int, layers: int, rank: int, b_scale: float, seed: int):
 
 def test_zero_lora_delta_gives_plain_clip_bit_for_bit_and_a_nonzero_one_changes_it(params, images, text):
     plain = logits(params, images, text)
-    zero_v = M.TowerMods(projection=M.lora_hook(lora_factors(CFG.vision_width, 3, 2, 0.0, 1), 0.7))
-    zero_t = M.TowerMods(projection=M.lora_hook(lora_factors(CFG.text_width, 3, 2, 0.0, 2), 0.7))
+    zero_v = M.TowerMods(projection=M.lora_hook(lora_factors(CFG.vision_width, LAYERS, 2, 0.0, 1), 0.7))
+    zero_t = M.TowerMods(projection=M.lora_hook(lora_factors(CFG.text_width, LAYERS, 2, 0.0, 2), 0.7))
     assert np.array_equal(logits(params, images, text, zero_v, zero_t), plain)
-    live = M.TowerMods(projection=M.lora_hook(lora_factors(CFG.text_width, 3, 2, 0.5, 3), 0.7))
+    live = M.TowerMods(projection=M.lora_hook(lora_factors(CFG.text_width, LAYERS, 2, 0.5, 3), 0.7))
     assert not np.allclose(logits(params, images, text, None, live), plain, atol=1e-3)
 
 
 def test_lora_x_path_equals_the_merged_weight(params, images, text):
     """y + s (x A^T) B^T = x (W + s B A)^T: the hook and a delta merged into the frozen kernels agree."""
-    factors = lora_factors(CFG.vision_width, 3, 2, 0.3, 5)
-    hooked = towers(params, images, *text, image_mods=M.TowerMods(projection=M.lora_hook(factors, 0.7)))[0]
+    factors = lora_factors(CFG.vision_width, LAYERS, 2, 0.3, 5)
+    _, eot, embeds = text
+    hooked = towers(params, images, embeds, eot, image_mods=M.TowerMods(projection=M.lora_hook(factors, 0.7)))[0]
     deltas = {}
     for (i, name), (a, b) in factors.items():
         path = f"visual/transformer/resblocks.{i}/attn/{name}/kernel"
         kernel = P.flatten(params)[path]
         deltas[path] = M.lora_delta(a, b, 0.7).T.reshape(kernel.shape)   # PyTorch (out, in) -> our (in, ...)
-    merged = towers(M.add_deltas(params, deltas), images, *text)[0]
+    merged = towers(M.add_deltas(params, deltas), images, embeds, eot)[0]
     np.testing.assert_allclose(hooked, merged, rtol=2e-5, atol=2e-5)
 
 
 def test_lora_dropout_draws_per_key_and_keeps_the_expectation(params, images, text):
-    factors = lora_factors(CFG.vision_width, 3, 2, 0.3, 6)
+    factors = lora_factors(CFG.vision_width, LAYERS, 2, 0.3, 6)
     run = lambda rng: MODEL.apply({"params": params}, images, None, None,
                                   M.TowerMods(projection=M.lora_hook(factors, 0.7, 0.25, rng)), method=CLIP.encode_image)
     a, b = run(jax.random.key(1)), run(jax.random.key(2))
@@ -158,38 +142,40 @@ def test_absent_inserted_tokens_give_plain_clip_bit_for_bit(params, images, text
 
 
 def test_text_tokens_inserted_before_the_last_block_and_the_moved_eot(params, text):
-    """Inserted after SOT before block 2 of 3: blocks 0-1 unchanged, block 2 sees the tokens, EOT pooled n on."""
-    embeds, eot = text
+    """Inserted after SOT before the last block: the blocks before unchanged, the last sees the tokens, EOT pooled n
+    places on."""
+    _, eot, embeds = text
+    last = LAYERS - 1
     n = 2
     tokens = 0.3 * jax.random.normal(jax.random.key(7), (n, CFG.text_width))
-    mods = M.TowerMods(inserted=[tokens], inserted_from=2)
+    mods = M.TowerMods(inserted=[tokens], inserted_from=last)
     got = MODEL.apply({"params": params}, embeds, eot, None, mods, method=CLIP.encode_text)
     _, state = MODEL.apply({"params": params}, embeds, eot, method=CLIP.encode_text, mutable=["intermediates"],
                            capture_intermediates=lambda mdl, _: isinstance(mdl, ResidualAttentionBlock))
-    x = state["intermediates"]["text"]["transformer"]["resblocks.1"]["__call__"][0]
+    x = state["intermediates"]["text"]["transformer"][f"resblocks.{last - 1}"]["__call__"][0]
     x = jnp.concatenate([x[:, :1], jnp.broadcast_to(tokens, (x.shape[0], n, CFG.text_width)), x[:, 1:]], axis=1)
     tp = params["text"]
     block = ResidualAttentionBlock(CFG.text_heads, CFG.mlp_ratio, CFG.activation, True)
-    x = nn_layer_norm(block.apply({"params": tp["transformer"]["resblocks.2"]}, x), tp["ln_final"])
+    x = nn_layer_norm(block.apply({"params": tp["transformer"][f"resblocks.{last}"]}, x), tp["ln_final"])
     want = x[jnp.arange(x.shape[0]), eot + n] @ tp["text_projection"]["kernel"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_vision_inserted_tokens_are_replaced_per_block_and_pooled_by_their_projection(params, images):
     n = 3
-    tokens = list(0.3 * jax.random.normal(jax.random.key(8), (2, n, CFG.vision_width)))
+    tokens = list(0.3 * jax.random.normal(jax.random.key(8), (LAYERS - 1, n, CFG.vision_width)))
     proj = jax.random.normal(jax.random.key(9), (CFG.vision_width, CFG.embed_dim))
     mods = M.TowerMods(inserted=tokens, inserted_from=1, inserted_proj=proj)
     features, pooled = MODEL.apply({"params": params}, images, None, None, mods, method=CLIP.encode_image)
     outs = block_outputs(params, images, mods)
     assert outs[0].shape[1] == CFG.num_patches + 1 and outs[1].shape[1] == CFG.num_patches + 1 + n
-    assert outs[2].shape[1] == CFG.num_patches + 1 + n   # replaced, not appended again
+    assert outs[-1].shape[1] == CFG.num_patches + 1 + n   # replaced, not appended again
     ln_post = params["visual"]["ln_post"]
-    np.testing.assert_allclose(pooled, nn_layer_norm(outs[2][:, 1:1 + n], ln_post).mean(1) @ proj, rtol=1e-5,
+    np.testing.assert_allclose(pooled, nn_layer_norm(outs[-1][:, 1:1 + n], ln_post).mean(1) @ proj, rtol=1e-5,
                                atol=1e-5)
-    np.testing.assert_allclose(features, nn_layer_norm(outs[2][:, 0], ln_post) @ params["visual"]["proj"]["kernel"],
+    np.testing.assert_allclose(features, nn_layer_norm(outs[-1][:, 0], ln_post) @ params["visual"]["proj"]["kernel"],
                                rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="need 2 token sets, got 1"):
+    with pytest.raises(ValueError, match=f"need {LAYERS - 1} token sets, got 1"):
         MODEL.apply({"params": params}, images, None, None, M.TowerMods(inserted=tokens[:1], inserted_from=1),
                     method=CLIP.encode_image)
 
