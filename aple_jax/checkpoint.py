@@ -1,36 +1,70 @@
 """Run checkpoints with orbax: the trainable state and where the run stands; never CLIP weights."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import orbax.checkpoint as ocp
 
-from aple_jax.errors import CheckpointError
+from aple_jax import paths
+from aple_jax.errors import CheckpointError, StorageFaultLogs, storage_fault, storage_faults
 
 log = logging.getLogger(__name__)
 
 
 class BrokenCheckpointWarning(UserWarning):
     """The newest checkpoint could not be restored; the run goes on from an older one."""
-from aple_jax import paths
+
+
+class _OrbaxErrorLogs(logging.Filter):
+    """Drops orbax's error logs (each with a traceback) of a failing save: the error they describe is raised to
+    the caller, which reports it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+# orbax's asyncio futures of a failed write are logged again when collected ("exception was never retrieved").
+for _name in ("asyncio", "absl"):
+    logging.getLogger(_name).addFilter(StorageFaultLogs())
 
 
 class RunCheckpoints:
-    """An orbax CheckpointManager in `<workdir>/checkpoints`, keyed by the global step."""
+    """An orbax CheckpointManager in `<workdir>/checkpoints`, keyed by the global step.
+
+    A storage fault (full or read-only disk, unreachable server) while saving or listing is one StorageFaultError
+    naming the directory; orbax writes each step into a temporary directory first, so the steps saved before stay
+    whole.
+    """
 
     def __init__(self, workdir: paths.PathLike, keep: int = 2):
         workdir = workdir if paths.is_remote(workdir) else os.path.abspath(workdir)
         self.directory = paths.join(workdir, "checkpoints")     # an epath: local or gs://
+        if paths.is_remote(workdir):
+            from aple_jax import gcs
+            gcs.bound_orbax_retries()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=keep), create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with self._faults("create"):
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    @contextlib.contextmanager
+    def _faults(self, doing: str) -> Iterator[None]:
+        quiet = _OrbaxErrorLogs()
+        logging.getLogger("absl").addFilter(quiet)
+        try:
+            with storage_faults(self.directory, doing):
+                yield
+        finally:
+            logging.getLogger("absl").removeFilter(quiet)
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        with self._faults("read"):
+            return self.manager.latest_step()
 
     def restore_meta(self, step: int) -> dict[str, Any]:
         """Where the run stood at `step` (phase, epoch, data-iterator state, ...)."""
@@ -47,13 +81,17 @@ class RunCheckpoints:
         """(step, meta, state) of the newest checkpoint that restores, `like(meta)` giving the state's structure;
         None when there is none. A newer one that does not restore (a truncated or half-written file) is named in
         a warning and, with `delete` (training, which saves its step afresh), deleted; else it is left as it is."""
-        steps = sorted(self.manager.all_steps(), reverse=True)
+        with self._faults("read"):
+            steps = sorted(self.manager.all_steps(), reverse=True)
         errors = []
         for step in steps:
             try:
                 meta = self.restore_meta(step)
                 return step, meta, self.restore_state(step, like(meta))
             except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for a broken file
+                fault = storage_fault(e, str(self.directory / str(step)), "read checkpoint")
+                if fault is not None:   # the storage failed, not the file: delete nothing
+                    raise fault from e
                 errors.append(f"step {step}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
                 if step == steps[-1]:
                     break
@@ -71,12 +109,14 @@ class RunCheckpoints:
                                    f"that made it")
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
-        self.manager.wait_until_finished()
+        with self._faults(f"write checkpoint step {step} in"):
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            meta=ocp.args.JsonSave(meta)), force=True)
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        with self._faults("close"):
+            self.manager.close()
 
     def __enter__(self) -> "RunCheckpoints":
         return self

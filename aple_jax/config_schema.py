@@ -168,8 +168,9 @@ def problems(config: ml_collections.ConfigDict, check_paths: bool = True) -> Ite
         if key in flat and flat[key] not in options:
             yield f"{key}={flat[key]!r}; expected one of {', '.join(map(repr, options))}"
     yield from _loss_weights(flat)
+    yield from _paths(flat)
     yield from _dataset(config, check_paths)
-    yield from _backbone(config)
+    yield from _backbone(config, check_paths)
     yield from _pack_seeds(flat.get("pack_seeds", ""))
 
 
@@ -184,6 +185,18 @@ def _loss_weights(flat: dict[str, Any]) -> Iterator[str]:
     l1 = flat.get("stage1.feature_l1")
     if l1 is not None and not (isinstance(l1, (tuple, list)) and len(l1) == 2 and all(map(_non_negative, l1))):
         yield f"stage1.feature_l1={l1!r}; expected two finite numbers >= 0 (text, image)"
+
+
+# Every config key that holds a path (local or gs://).
+PATH_KEYS = ("dataset.root", "backbone.weights", "backbone.tokenizer", "eval_only_from")
+
+
+def _paths(flat: dict[str, Any]) -> Iterator[str]:
+    for key in PATH_KEYS:
+        value = flat.get(key)
+        problem = paths.path_problem(value) if isinstance(value, str) and value else None
+        if problem:
+            yield f"{key}: {problem}"
 
 
 def _dataset(config: ml_collections.ConfigDict, check_paths: bool) -> Iterator[str]:
@@ -210,13 +223,18 @@ def _check_dataset_name(name: str) -> None:
         canonical_name(name)
 
 
-def _backbone(config: ml_collections.ConfigDict) -> Iterator[str]:
+def _backbone(config: ml_collections.ConfigDict, check_paths: bool) -> Iterator[str]:
     b, p = config.backbone, config.prompts
     if not b.weights and b.name not in ("tiny", "world"):
         known = ", ".join(sorted(PRESETS))
         if b.name not in PRESETS:
             yield f"backbone.name={b.name!r}; expected one of {known}, 'world' (or any name with backbone.weights)"
             return
+    if b.tokenizer and not b.weights and b.name == "tiny":
+        yield (f"backbone.tokenizer={b.tokenizer!r} means nothing to the tiny backbone, whose random weights come "
+               f"with a built-in tokenizer; expected backbone.tokenizer='' (or backbone.weights with it)")
+    if check_paths:
+        yield from _local_weights(b)
     shape = backbone_shape(config)
     if shape is None:
         return
@@ -234,6 +252,18 @@ def _backbone(config: ml_collections.ConfigDict) -> Iterator[str]:
     if text_depth and isinstance(n_ctx, int) and n_ctx + MIN_TEXT_TOKENS > shape["context_length"]:
         yield (f"prompts.text.n_ctx={n_ctx} leaves no room for a class name in the {b.name} text context of "
                f"{shape['context_length']} tokens; expected at most {shape['context_length'] - MIN_TEXT_TOKENS}")
+
+
+def _local_weights(b: ml_collections.ConfigDict) -> Iterator[str]:
+    """Local weights and tokenizer paths that do not exist, and a weights directory without weights files."""
+    from aple_jax.clip.weights import missing_weights_message
+    for key, value in (("backbone.weights", b.weights), ("backbone.tokenizer", b.tokenizer)):
+        if value and not paths.is_remote(value) and not paths.path_problem(value) and not os.path.exists(value):
+            yield f"{key}={value!r} does not exist"
+    if b.weights and not paths.is_remote(b.weights) and os.path.isdir(b.weights):
+        message = missing_weights_message(b.weights)
+        if message:
+            yield f"backbone.weights: {message}"
 
 
 def _pack_seeds(text: str) -> Iterator[str]:

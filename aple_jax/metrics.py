@@ -1,6 +1,7 @@
 """Run logs: progress (aple_jax/progress.py), metrics as JSONL and TensorBoard (docs/logs.md: the row schema)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -10,6 +11,7 @@ from typing import Any
 import jax
 
 from aple_jax import paths
+from aple_jax.errors import storage_faults
 from aple_jax.progress import make_progress
 
 REMOTE_FLUSH_SECONDS = 30.0   # a bucket's metrics.jsonl and events are rewritten at most this often between flushes
@@ -62,7 +64,7 @@ class MetricWriter:
         if self.remote:
             self.rows.append(row)
         else:
-            with open(self.path, "a") as f:
+            with storage_faults(self.path), open(self.path, "a") as f:
                 f.write(row)
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
         for key, value in scalars.items():
@@ -76,7 +78,8 @@ class MetricWriter:
         """Makes every row and event written so far durable (in a bucket: one upload of each object)."""
         if self.tb is None:
             return
-        self.tb.flush()
+        with storage_faults(self.tb_local if self.remote else self.tb_dir):
+            self.tb.flush()
         if self.remote:
             paths.write_text_atomic(self.path, "".join(self.rows))
             for name in os.listdir(self.tb_local):
@@ -88,6 +91,26 @@ class MetricWriter:
         if self.progress is not None:
             self.progress.close()
         if self.tb is not None:
-            self.flush()
+            try:
+                self.flush()
+            except BaseException:
+                self._drop_events()
+                raise
             self.tb.close()
             self.tb = None
+
+    def abandon(self) -> None:
+        """Ends the logs of a run that stops on an error (which may be its disk's): writes what can be written,
+        raises nothing, and leaves no TensorBoard thread or exit hook to write again."""
+        if self.progress is not None:
+            self.progress.close()
+        if self.tb is not None:
+            with contextlib.suppress(Exception):
+                self.flush()
+            self._drop_events()
+
+    def _drop_events(self) -> None:
+        """After a failed flush (a full or read-only disk): marks the TensorBoard writer closed without writing
+        again, so that neither its exit hook nor its worker thread prints a traceback after the run's error line."""
+        self.tb.file_writer.event_writer._closed = True
+        self.tb = None

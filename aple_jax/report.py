@@ -753,9 +753,11 @@ def compare_report(source: str, pair: str, out_dir: str | None = None, skip_unfi
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aple_jax.report", description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", help="directory searched recursively for run directories (results.json), or an "
-                                         "aggregate results.json this command wrote (its per-seed values)")
-    parser.add_argument("--out", help="where results.md, results.json and the PNGs go (default: RUNS_DIR)")
+    parser.add_argument("runs_dir", type=paths.user_path,
+                        help="directory searched recursively for run directories (results.json), or an "
+                             "aggregate results.json this command wrote (its per-seed values)")
+    parser.add_argument("--out", type=paths.user_path,
+                        help="where results.md, results.json and the PNGs go (default: RUNS_DIR)")
     parser.add_argument("--reference", action="store_true", help="add the published rows of protocol.md §6")
     parser.add_argument("--skip-unfinished", action="store_true",
                         help="leave out run directories without results.json instead of failing")
@@ -764,12 +766,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead of the report: the paired difference A - B (method or method-tag) per dataset "
                              "and on the average, with 95%% intervals and a verdict; printed, and written as "
                              "compare_A_B.json/.md")
-    args = parser.parse_args(argv)
-    if args.compare:
-        with error_boundary():
-            print(compare_report(args.runs_dir, args.compare, args.out, args.skip_unfinished))
-        return 0
     with error_boundary():
+        args = parser.parse_args(argv)
+        if args.compare:
+            print(compare_report(args.runs_dir, args.compare, args.out, args.skip_unfinished))
+            return 0
         summary = report(args.runs_dir, args.out, args.reference, args.skip_unfinished, not args.no_plots)
     out = args.out or args.runs_dir
     print(f"{summary['num_runs']} runs, {len(summary['groups'])} groups -> {os.path.join(out, 'results.md')}, "

@@ -1,6 +1,7 @@
 """One run = method x dataset x seed x setting: data, frozen CLIP, phased training, evaluation, results.json."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -134,6 +135,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     batched program sums in another order); the results come back as a list.
     """
     config_schema.validate(config)   # before any weights, data or run directory is touched
+    paths.check_dir(workdir, "--workdir")
     if not config.pack_seeds:
         return run_seeds([(config, workdir)], stop_at_step)[0]
     seeds = [int(s) for s in str(config.pack_seeds).split(",") if s.strip()]
@@ -281,11 +283,17 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
     ctx = train.FitContext(mesh, clip_params, texts, teacher, config.optim, seeds, config.log_every,
                            config.checkpoint_every_steps, stop_at_step, compilations, teacher_images)
     try:
-        return train.fit(method, phases, [job.prompts for job in jobs], ctx)
-    finally:
-        for seed in seeds:
-            seed.writer.close()
-            seed.checkpoints.close()
+        prompts = train.fit(method, phases, [job.prompts for job in jobs], ctx)
+    except BaseException:
+        for seed in seeds:        # the error in flight is the one to report: a full disk fails these too
+            seed.writer.abandon()
+            with contextlib.suppress(Exception):
+                seed.checkpoints.close()
+        raise
+    for seed in seeds:
+        seed.writer.close()
+        seed.checkpoints.close()
+    return prompts
 
 
 def _same_length(caches: list[Any]) -> list[Any]:

@@ -454,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]",
                         help="run every config as this variant too (repeatable; each is tagged NAME), e.g. "
                              "--variant 'ctx1:prompts.text.n_ctx=1' --variant 'ctx2:prompts.text.n_ctx=2'")
-    parser.add_argument("--runs-dir", required=True, help="root of the run directories")
+    parser.add_argument("--runs-dir", required=True, type=paths.user_path, help="root of the run directories")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--print-commands", action="store_true",
                       help="print one launch.py command per unfinished run instead of running")
@@ -468,8 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "hosts, where small models use one core each better than two")
     parser.add_argument("--stop-on-error", action="store_true",
                         help="stop at the first failing run with its traceback (default: go on, list failures)")
-    a = parser.parse_args(argv)
     with error_boundary():
+        a = parser.parse_args(argv)
         core_sets(a.jobs, a.stop_on_error)
         seeds = parse_seeds(a.seeds)
         runs = plan([p for p in a.configs.split(",") if p], expand_datasets(a.datasets), seeds, a.args, a.override,

@@ -6,6 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 
 import fsspec
 import numpy as np
@@ -19,6 +22,7 @@ from aple_jax.data.fake_trees import jpeg_bytes, write_coop_tree
 from aple_jax.errors import StorageError
 from aple_jax.prompt_files import PROMPTS_META_KEY
 from aple_jax.run import run
+from tests.gcs_emulator import BUCKET, Emulator, client_env, free_port
 from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,3 +189,93 @@ def test_input_benchmark_reads_from_a_bucket(gcs_emulator, gcs):
     rate = float(out.stdout.strip().splitlines()[-1].split("|")[2])
     assert rate > 0
     assert len(_objects(f"{gcs}/bench")) == 48
+
+
+# ----------------------------------------------------------------------------------------------- server faults
+
+FAST_DEADLINE = {"APLE_JAX_STORAGE_DEADLINE_S": "5"}
+SERVER_FAULT_BOUND_S = 120      # a process start and one storage deadline (5 s here; 60 s by default) with margin
+TINY_LONG = ["launch.py", "--config", "configs/coop.py:tiny", "--config.progress=False",
+             "--config.checkpoint_every_steps=2", "--config.optim.epochs=40"]
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, needle: str) -> str:
+    report = f"rc={proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], report
+    assert "Traceback" not in proc.stderr, report
+    return errors[0]
+
+
+def test_no_server_listening_is_one_line_within_the_deadline(tmp_path):
+    env = dict(os.environ, **client_env(f"http://127.0.0.1:{free_port()}"), **FAST_DEADLINE, JAX_PLATFORMS="cpu")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, *TINY_LONG, "--workdir", "gs://bkt/runs/x"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    seconds = time.monotonic() - start
+    _one_error_line(proc, "cannot create gs://bkt/runs/x: the storage server http://127.0.0.1:")
+    assert seconds < SERVER_FAULT_BOUND_S, seconds
+
+
+def _objects_over_http(url: str, prefix: str) -> list[str]:
+    with urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}/o?prefix={prefix}", timeout=5) as r:
+        return [item["name"] for item in json.loads(r.read()).get("items", [])]
+
+
+def _run_until_a_checkpoint(emulator: Emulator, workdir: str) -> subprocess.Popen:
+    env = dict(os.environ, **emulator.env, **FAST_DEADLINE, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, *TINY_LONG, "--workdir", f"gs://{BUCKET}/{workdir}"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not any("/commit_success" in o or o.endswith("_CHECKPOINT_METADATA")
+                  for o in _objects_over_http(emulator.url, f"{workdir}/checkpoints/")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    return proc
+
+
+@pytest.mark.slow
+def test_a_server_gone_mid_run_ends_the_run_in_one_line_within_the_bound():
+    emulator = Emulator()
+    try:
+        proc = _run_until_a_checkpoint(emulator, "runs/gone")
+    finally:
+        emulator.stop()                    # in memory: the bucket goes with it (local-disk tests check what is kept)
+    start = time.monotonic()
+    out, err = proc.communicate(timeout=600)
+    seconds = time.monotonic() - start
+    _one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+                    "the storage server http://127.0.0.1:")
+    assert seconds < SERVER_FAULT_BOUND_S, seconds
+
+
+@pytest.mark.slow
+def test_a_bucket_deleted_mid_run_ends_the_run_in_one_line():
+    emulator = Emulator()
+    try:
+        proc = _run_until_a_checkpoint(emulator, "runs/vanish")
+        for name in _objects_over_http(emulator.url, ""):
+            urllib.request.urlopen(urllib.request.Request(
+                f"{emulator.url}/storage/v1/b/{BUCKET}/o/{urllib.parse.quote(name, safe='')}", method="DELETE"))
+        urllib.request.urlopen(urllib.request.Request(f"{emulator.url}/storage/v1/b/{BUCKET}", method="DELETE"))
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=600)
+        seconds = time.monotonic() - start
+    finally:
+        emulator.stop()
+    _one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), f"gs://{BUCKET}")
+    assert seconds < SERVER_FAULT_BOUND_S, seconds
+
+
+def test_the_gcs_clients_are_bounded():
+    """epath's and fsspec's gs:// filesystems are the bounded one; orbax's tensorstore contexts carry the bound."""
+    from etils.epath import backend
+    from orbax.checkpoint._src.serialization import tensorstore_utils
+
+    from aple_jax import gcs
+    assert isinstance(fsspec.filesystem("gs"), gcs.BoundedGCSFileSystem)
+    assert isinstance(backend.fsspec_backend.fs(f"gs://{BUCKET}/x"), gcs.BoundedGCSFileSystem)
+    gcs.bound_orbax_retries()
+    for ocdbt in (True, False):
+        spec = tensorstore_utils.get_ts_context(use_ocdbt=ocdbt).spec.to_json()
+        assert spec["gcs_request_retries"]["max_retries"] == gcs.tensorstore_retries()["max_retries"]

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from aple_jax import paths
 from aple_jax.errors import AplejaxError, WeightsError, error_boundary
 
 
@@ -46,11 +47,11 @@ def convert(src: str, out_dir: str, bpe: str | None = None) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="OpenAI CLIP .pt (TorchScript archive or state dict)")
-    parser.add_argument("out_dir", help="directory to write (config.json + model.safetensors)")
-    parser.add_argument("--bpe", default=None, help="OpenAI bpe_simple_vocab_16e6.txt.gz to add vocab.json/merges.txt")
-    args = parser.parse_args(argv)
+    parser.add_argument("checkpoint", type=paths.user_path, help="OpenAI CLIP .pt (TorchScript archive or state dict)")
+    parser.add_argument("out_dir", type=paths.user_path, help="directory to write (config.json + model.safetensors)")
+    parser.add_argument("--bpe", default=None, type=paths.user_path, help="OpenAI bpe_simple_vocab_16e6.txt.gz to add vocab.json/merges.txt")
     with error_boundary():
+        args = parser.parse_args(argv)
         try:
             convert(args.checkpoint, args.out_dir, args.bpe)
         except (FileNotFoundError, ValueError) as e:

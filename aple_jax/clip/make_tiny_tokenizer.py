@@ -18,6 +18,7 @@ import os
 import re
 import sys
 
+from aple_jax import paths
 from aple_jax.clip.tokenizer import EOT_TOKEN, SOT_TOKEN, TINY_TOKENIZER_DIR, bytes_to_unicode, clip_vocab
 from aple_jax.errors import error_boundary
 
@@ -138,7 +139,7 @@ def write(out_dir: str, merges: list[tuple[str, str]]) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> None:
-    out_dir = argv[1] if len(argv) > 1 else TINY_TOKENIZER_DIR
+    out_dir = paths.check_path(argv[1], "OUT_DIR") if len(argv) > 1 else TINY_TOKENIZER_DIR
     merges = learn_merges(word_counts(corpus()), N_MERGES)
     if len(merges) != N_MERGES:
         raise SystemExit(f"the corpus gave only {len(merges)} merges; {N_MERGES} are needed for {VOCAB_SIZE} entries")

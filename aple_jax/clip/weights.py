@@ -29,7 +29,7 @@ import numpy as np
 from aple_jax import pickles
 from aple_jax.clip import torchscript
 from aple_jax.clip.model import CLIPConfig
-from aple_jax.errors import WeightsError
+from aple_jax.errors import StorageError, WeightsError
 
 Params = dict[str, Any]
 StateDict = dict[str, np.ndarray]
@@ -178,10 +178,20 @@ def _read_hf_dir(path: str) -> tuple[StateDict, str]:
     for name in ("pytorch_model.bin", "model.pt"):
         if os.path.isfile(os.path.join(path, name)):
             return _read_torch(os.path.join(path, name)), os.path.join(path, name)
-    raise FileNotFoundError(
-        f"{path} has no CLIP weights: expected model.safetensors or model.safetensors.index.json (a Hugging Face "
-        f"CLIP directory, e.g. a local copy of openai/clip-vit-base-patch16, or the output of "
-        f"python -m aple_jax.clip.convert_openai); found {sorted(os.listdir(path))[:20]}")
+    raise StorageError(missing_weights_message(path))
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "model.pt")
+
+
+def missing_weights_message(path: str) -> str | None:
+    """What is wrong with a local weights directory that holds none of WEIGHT_FILES; None if it holds one."""
+    found = sorted(os.listdir(path))
+    if set(WEIGHT_FILES) & set(found):
+        return None
+    return (f"{path} has no CLIP weights: expected model.safetensors or model.safetensors.index.json (a Hugging Face "
+            f"CLIP directory, e.g. a local copy of openai/clip-vit-base-patch16, or the output of "
+            f"python -m aple_jax.clip.convert_openai); found {found[:20] or 'an empty directory'}")
 
 
 def _read_hf_config(path: str) -> dict | None:
@@ -207,7 +217,7 @@ def read_checkpoint(path: str) -> tuple[StateDict, dict | None, str]:
     """(fp32 state dict, HF config dict or None, the file read) for any accepted path."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"CLIP weights not found: {path} does not exist (expected a Hugging Face CLIP "
+        raise StorageError(f"CLIP weights not found: {path} does not exist (expected a Hugging Face CLIP "
                                 "directory, a .safetensors file or an OpenAI .pt checkpoint)")
     if os.path.isdir(path):
         hf_config = _read_hf_config(path)

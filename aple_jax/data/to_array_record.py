@@ -123,12 +123,12 @@ def convert(name: str, data: str, out: str, shard_mb: int = 1024, workers: int =
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0].strip("`"))
     parser.add_argument("--dataset", required=True, help="a CoOp dataset name, e.g. OxfordPets")
-    parser.add_argument("--data", required=True, help="the DATA/ folder holding the dataset (local or gs://)")
-    parser.add_argument("--out", required=True, help="the new DATA/ folder to write the copy into (local or gs://)")
+    parser.add_argument("--data", required=True, type=paths.user_path, help="the DATA/ folder holding the dataset (local or gs://)")
+    parser.add_argument("--out", required=True, type=paths.user_path, help="the new DATA/ folder to write the copy into (local or gs://)")
     parser.add_argument("--shard-mb", type=int, default=1024, help="about this many MiB of images per file")
     parser.add_argument("--workers", type=int, default=16, help="images read at a time")
-    args = parser.parse_args(argv)
     with error_boundary():
+        args = parser.parse_args(argv)
         dst = convert(args.dataset, args.data, args.out, args.shard_mb, args.workers)
         print(f"wrote {dst}; run with data={args.out}")
 

@@ -77,12 +77,12 @@ def export(run: paths.PathLike, out: paths.PathLike, epoch: int | None = None, m
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aple_jax.interop.export_prompts",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a run directory or a prompts .npz")
-    parser.add_argument("--out", required=True, help="model.pth.tar-N, or a directory for OUT/<ModelName>/...")
+    parser.add_argument("run", type=paths.user_path, help="a run directory or a prompts .npz")
+    parser.add_argument("--out", required=True, type=paths.user_path, help="model.pth.tar-N, or a directory for OUT/<ModelName>/...")
     parser.add_argument("--epoch", type=int, default=None, help="the epoch recorded (default: from --out or the run)")
     parser.add_argument("--method", default="", help="the method (default: the prompts' provenance)")
-    a = parser.parse_args(argv)
     with error_boundary():
+        a = parser.parse_args(argv)
         print(f"{a.run} -> {export(a.run, a.out, a.epoch, a.method)}")
     return 0
 

@@ -26,11 +26,13 @@ flags.mark_flags_as_required(["config", "out"])
 
 def import_checkpoint(path: str, config, out: str, method: str = "") -> dict:
     """Reads `path` for `config` and writes `out`; returns the provenance written."""
-    from aple_jax import prompt_files
+    from aple_jax import paths, prompt_files
     from aple_jax.clip.backbone import load_backbone
     from aple_jax.interop import convert, dassl
     from aple_jax.methods import build_method
 
+    for what, given in (("checkpoint", path), ("--out", out)):
+        paths.check_path(given, what)
     convert.check_supported(config.method)
     ckpt = dassl.read(path)
     found = convert.method_for(ckpt, config.method, method or None)

@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from aple_jax import paths
 from aple_jax.clip.tokenizer import EOT_TOKEN, SOT_TOKEN, bytes_to_unicode, clip_vocab
 from aple_jax.errors import error_boundary
 from aple_jax.world.attributes import sample_attributes
@@ -76,7 +77,7 @@ def train_world_bpe(out_dir: str, seed: int = 0) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir")
+    parser.add_argument("out_dir", type=paths.user_path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(f"wrote {args.out_dir}: {train_world_bpe(args.out_dir, args.seed)} tokens")

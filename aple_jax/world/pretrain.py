@@ -35,6 +35,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from aple_jax import paths
 from aple_jax.checkpoint import RunCheckpoints
 from aple_jax.clip import model as clip_model
 from aple_jax.clip.model import CLIP, CLIPConfig, init_params
@@ -241,10 +242,10 @@ def run(out: str, pc: PretrainConfig, workdir: str, eval_per_class: int, progres
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output directory (HF CLIP layout + tokenizer)")
-    parser.add_argument("--workdir", default="/tmp/world_clip_run", help="orbax checkpoints (resumed if present)")
+    parser.add_argument("--out", required=True, type=paths.user_path, help="output directory (HF CLIP layout + tokenizer)")
+    parser.add_argument("--workdir", default="/tmp/world_clip_run", type=paths.user_path, help="orbax checkpoints (resumed if present)")
     parser.add_argument("--eval-per-class", type=int, default=20, help="held-out test images per class")
-    parser.add_argument("--init-from", default="", help="continue from this model (weights and vocabulary)")
+    parser.add_argument("--init-from", default="", type=paths.user_path, help="continue from this model (weights and vocabulary)")
     defaults = PretrainConfig()
     for field in dataclasses.fields(PretrainConfig):
         value = getattr(defaults, field.name)

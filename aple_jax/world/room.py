@@ -119,19 +119,29 @@ def parse_datasets(text: str) -> list[str]:
     return names
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers >= 0 like 1,2,3")
+    return seeds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aple_jax.world.room", description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="all", help="comma-separated world datasets, or `all` (default)")
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--pool", type=int, default=96, help="training images per class to sample shots from")
     parser.add_argument("--seeds", default="1,2,3", help="few-shot sampling seeds")
-    parser.add_argument("--weights", default=WORLD_CLIP_DIR, help="a world CLIP directory (default: the shipped one)")
-    parser.add_argument("--out", default="", help="a folder for room.json and room.md")
-    a = parser.parse_args(argv)
+    parser.add_argument("--weights", default=WORLD_CLIP_DIR, type=paths.user_path, help="a world CLIP directory (default: the shipped one)")
+    parser.add_argument("--out", default="", type=paths.user_path, help="a folder for room.json and room.md")
     with error_boundary():
+        a = parser.parse_args(argv)
         if not 1 <= a.shots <= a.pool:
             raise ConfigError(f"--shots {a.shots}: expected 1 <= shots <= --pool ({a.pool})")
-        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+        seeds = parse_seeds(a.seeds)
         rooms = []
         for name in parse_datasets(a.datasets):
             rooms.append(measure(name, a.shots, a.pool, seeds, a.weights))
