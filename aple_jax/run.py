@@ -16,7 +16,7 @@ from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
 from aple_jax.data.templates import IMAGENET_TEMPLATES
-from aple_jax.errors import CheckpointError, ConfigError, Interrupted
+from aple_jax.errors import CheckpointError, ConfigError, Interrupted, storage_faults
 from aple_jax.methods import METHODS, build_method
 from aple_jax.methods.base import Method
 from aple_jax.methods.zeroshot import ZeroShot, template_text_features
@@ -136,10 +136,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     """
     config_schema.validate(config)   # before any weights, data or run directory is touched
     paths.check_dir(workdir, "--workdir")
-    if not config.pack_seeds:
-        return run_seeds([(config, workdir)], stop_at_step)[0]
-    seeds = [int(s) for s in str(config.pack_seeds).split(",") if s.strip()]
-    return run_seeds([(seed_config(config, s), str(paths.join(workdir, f"seed{s}"))) for s in seeds], stop_at_step)
+    with storage_faults(workdir, "run in"):     # names the run for a storage fault no write site named
+        if not config.pack_seeds:
+            return run_seeds([(config, workdir)], stop_at_step)[0]
+        seeds = [int(s) for s in str(config.pack_seeds).split(",") if s.strip()]
+        return run_seeds([(seed_config(config, s), str(paths.join(workdir, f"seed{s}"))) for s in seeds],
+                         stop_at_step)
 
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
