@@ -112,8 +112,9 @@ def divergence(run: dict[int, float], ref: dict[int, float]) -> tuple[int | None
     return first, large
 
 
-def sample_std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else float("nan")
+def sample_std(values: list[float]) -> float | None:
+    """The sample standard deviation (n - 1); None for fewer than two values."""
+    return statistics.stdev(values) if len(values) > 1 else None
 
 
 def binomial_se(p: float, n: int) -> float:
@@ -236,9 +237,11 @@ def report(args: argparse.Namespace, rows: list[dict], copies: list[dict], packe
                           "binomial_se": binomial_se(statistics.mean(over_seeds), rows[0]["test_images"][split])}
     print()
     for split, s in spreads.items():
-        print(f"- {split}: sample std over {len(rows)} seeds {s['seeds']:.2f} (range {s['seeds_range']:.2f}); over "
-              f"seed {rows[0]['run'].split()[-1]} and its {len(copies)} perturbed copies {s['copies']:.2f} "
-              f"(range {s['copies_range']:.2f}); binomial standard error of the evaluation at the seeds' mean, "
+        seeds = (f"sample std over {len(rows)} seeds {s['seeds']:.2f} (range {s['seeds_range']:.2f})"
+                 if s["seeds"] is not None else "one seed: no spread over seeds")
+        copied = (f"over seed {rows[0]['run'].split()[-1]} and its {len(copies)} perturbed copies {s['copies']:.2f} "
+                  f"(range {s['copies_range']:.2f})" if s["copies"] is not None else "no perturbed copies")
+        print(f"- {split}: {seeds}; {copied}; binomial standard error of the evaluation at the seeds' mean, "
               f"{rows[0]['test_images'][split]} test images: {s['binomial_se']:.2f}")
     if packed:
         print(f"- packed against lone: largest change {max(r['max_change'] for r in packed):.2f} points")
