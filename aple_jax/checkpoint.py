@@ -11,7 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from aple_jax import paths
-from aple_jax.errors import CheckpointError, StorageFaultLogs, storage_fault, storage_faults
+from aple_jax.errors import CheckpointError, StorageFaultLogs, storage_fault
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class RunCheckpoints:
         quiet = _OrbaxErrorLogs()
         logging.getLogger("absl").addFilter(quiet)
         try:
-            with storage_faults(self.directory, doing):
+            with paths.faults_named(self.directory, doing):
                 yield
         finally:
             logging.getLogger("absl").removeFilter(quiet)

@@ -55,14 +55,15 @@ class BoundedGCSFileSystem(gcsfs.GCSFileSystem):
 
 
 class _RetryLogs(logging.Filter):
-    """Drops gcsfs's "out of retries" error logs (each with a traceback): the error is raised and reported once."""
+    """Drops gcsfs's and fsspec's error logs with a traceback ("out of retries", a failed prefetch): they raise
+    the same error to their caller, and the entry point reports it once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        return not (record.levelno >= logging.ERROR and ("out of retries" in message or "non-retriable" in message))
+        return not (record.levelno >= logging.ERROR and record.exc_info)
 
 
-logging.getLogger("gcsfs").addFilter(_RetryLogs())
+for _name in ("gcsfs", "fsspec.prefetcher"):    # the prefetcher logs a failed background read, then raises it
+    logging.getLogger(_name).addFilter(_RetryLogs())
 
 
 def tensorstore_retries() -> dict:

@@ -112,5 +112,8 @@ class MetricWriter:
     def _drop_events(self) -> None:
         """After a failed flush (a full or read-only disk): marks the TensorBoard writer closed without writing
         again, so that neither its exit hook nor its worker thread prints a traceback after the run's error line."""
-        self.tb.file_writer.event_writer._closed = True
+        events = self.tb.file_writer.event_writer
+        events._closed = True
+        with contextlib.suppress(Exception):
+            events._worker.stop()        # ends its thread now, not reading a queue closed at exit
         self.tb = None

@@ -9,6 +9,7 @@ A path is local or `gs://bucket/...`; `check_path` refuses anything else with th
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -17,7 +18,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import fsspec
 from etils import epath
@@ -140,6 +141,20 @@ def storage_error(path: PathLike, what: str = "") -> Exception:
         return StorageError(f"{what + ' ' if what else ''}{path}: bucket {bucket} does not exist",
                             hint="create the bucket (gcloud storage buckets create) or fix the path")
     return StorageError(f"{what + ' ' if what else ''}{path} does not exist")
+
+
+@contextlib.contextmanager
+def faults_named(path: PathLike, doing: str = "write") -> Iterator[None]:
+    """`errors.storage_faults`, and a bucket that vanished meanwhile (a FileNotFoundError inside from a library
+    writing below `path`) one StorageError saying so."""
+    try:
+        with storage_faults(path, doing):
+            yield
+    except FileNotFoundError as e:
+        bucket = bucket_of(path)
+        if isinstance(e, StorageError) or bucket is None or bucket.exists():
+            raise
+        raise storage_error(path, f"cannot {doing}") from e
 
 
 def require(path: PathLike, what: str = "") -> epath.Path:

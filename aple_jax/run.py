@@ -16,7 +16,7 @@ from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
 from aple_jax.data.templates import IMAGENET_TEMPLATES
-from aple_jax.errors import CheckpointError, ConfigError, Interrupted, storage_faults
+from aple_jax.errors import CheckpointError, ConfigError, Interrupted
 from aple_jax.methods import METHODS, build_method
 from aple_jax.methods.base import Method
 from aple_jax.methods.zeroshot import ZeroShot, template_text_features
@@ -136,7 +136,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     """
     config_schema.validate(config)   # before any weights, data or run directory is touched
     paths.check_dir(workdir, "--workdir")
-    with storage_faults(workdir, "run in"):     # names the run for a storage fault no write site named
+    with paths.faults_named(workdir, "run in"):     # names the run for a storage fault no write site named
         if not config.pack_seeds:
             return run_seeds([(config, workdir)], stop_at_step)[0]
         seeds = [int(s) for s in str(config.pack_seeds).split(",") if s.strip()]

@@ -1,5 +1,6 @@
 """Every path may be gs://: runs, resumes, 2-process training, datasets, reports and sweeps against a local GCS API
 emulator (tests/gcs_emulator.py), and clear errors for missing buckets and objects."""
+import contextlib
 import io
 import json
 import os
@@ -7,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -249,15 +251,27 @@ def test_a_server_gone_mid_run_ends_the_run_in_one_line_within_the_bound():
     assert seconds < SERVER_FAULT_BOUND_S, seconds
 
 
+def _delete_bucket(url: str) -> None:
+    """Deletes the bucket and its objects while a run may still be writing new ones (a non-empty bucket: 412)."""
+    for _ in range(50):
+        for name in _objects_over_http(url, ""):
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(urllib.request.Request(
+                    f"{url}/storage/v1/b/{BUCKET}/o/{urllib.parse.quote(name, safe='')}", method="DELETE"))
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{url}/storage/v1/b/{BUCKET}", method="DELETE"))
+            return
+        except urllib.error.HTTPError as e:
+            assert e.code == 412, e
+    raise AssertionError("the bucket kept filling up")
+
+
 @pytest.mark.slow
 def test_a_bucket_deleted_mid_run_ends_the_run_in_one_line():
     emulator = Emulator()
     try:
         proc = _run_until_a_checkpoint(emulator, "runs/vanish")
-        for name in _objects_over_http(emulator.url, ""):
-            urllib.request.urlopen(urllib.request.Request(
-                f"{emulator.url}/storage/v1/b/{BUCKET}/o/{urllib.parse.quote(name, safe='')}", method="DELETE"))
-        urllib.request.urlopen(urllib.request.Request(f"{emulator.url}/storage/v1/b/{BUCKET}", method="DELETE"))
+        _delete_bucket(emulator.url)
         start = time.monotonic()
         out, err = proc.communicate(timeout=600)
         seconds = time.monotonic() - start
