@@ -26,14 +26,15 @@ SPECIALIST = ("WorldCounts-Dim", "WorldCounts-Tint", "WorldSizes-Dim", "WorldSiz
               "WorldScenes-Tint")
 XD_TARGETS = tuple(f"{f}-Tint" for f in ("WorldObjects", "WorldCounts", "WorldSizes", "WorldPlaces", "WorldShapes",
                                          "WorldTextures"))
+Table = dict[tuple[str, str, str], dict[int, float]]   # (system, dataset, metric) -> {seed: accuracy}
 
 
-def load(study: str) -> dict[tuple[str, str, str], dict[int, float]]:
-    """(system, dataset, metric) -> {seed: accuracy}; system is `method` or `method-tag`; metric base, new, hm
-    (per seed) or, in the transfer study, the evaluation's name."""
+def load(study: str) -> Table:
+    """(system, dataset, metric) -> {seed: accuracy}; system is `method` or `method-tag`; metric base or new, or in
+    the transfer study top1 with the evaluated dataset as the dataset."""
     with open(os.path.join(HERE, study, "results.json")) as f:
         groups = json.load(f)["groups"]
-    out: dict[tuple[str, str, str], dict[int, float]] = {}
+    out: Table = {}
     for g in groups:
         system = g["method"] + (f"-{g['tag']}" if g["tag"] else "")
         per_seed = {e: dict(zip(g["seeds"], acc["values"])) for e, acc in g["accuracy"].items()}
@@ -41,12 +42,10 @@ def load(study: str) -> dict[tuple[str, str, str], dict[int, float]]:
             out.update({(system, e, "top1"): v for e, v in per_seed.items()})
             continue
         out.update({(system, g["dataset"], e): v for e, v in per_seed.items()})
-        b, n = per_seed["base"], per_seed["new"]
-        out[(system, g["dataset"], "hm")] = {s: 2 * b[s] * n[s] / (b[s] + n[s]) if b[s] + n[s] else 0.0 for s in b}
     return out
 
 
-def average(table, systems: Iterable[str], metric: str, datasets: Iterable[str] | None = None) -> dict[int, float]:
+def average(table: Table, systems: Iterable[str], metric: str, datasets: Iterable[str] | None = None) -> dict[int, float]:
     """Per seed, the mean over `datasets` (default: all the first system has) and over `systems`; for "hm", the HM
     of those means of base and new (as the report's Average row)."""
     systems = list(systems)
