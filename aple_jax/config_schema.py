@@ -92,6 +92,16 @@ RANGES: dict[str, tuple[Check, str]] = {
     "stage2.epochs": (_int_at_least(1), "an integer >= 1"),
     "cocoop.prompts_per_pass": (_int_at_least(0), "an integer >= 0 (0: all prompts in one pass)"),
     "distributed.num_processes": (_int_at_least(0), "an integer >= 0 (0: from the environment)"),
+    "lora.rank": (_int_at_least(1), "an integer >= 1"),
+    "lora.alpha": (_positive, "a finite number > 0"),
+    "lora.dropout": (_momentum, "a number in [0, 1)"),
+    "lora.iterations_per_shot": (_int_at_least(0), "an integer >= 0 (0: optim.epochs)"),
+    "mma.start": (_int_at_least(1), "an integer >= 1 (blocks counted from 1)"),
+    "mma.end": (_int_at_least(1), "an integer >= 1 (blocks counted from 1)"),
+    "mma.dim": (_int_at_least(1), "an integer >= 1"),
+    "mma.scale": (_positive, "a finite number > 0"),
+    "twostage.iterations_per_shot": (_int_at_least(0), "an integer >= 0 (0: optim.epochs per stage)"),
+    "twostage.stage1_fraction": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
 }
 
 ENUMS: dict[str, tuple[str, ...]] = {

@@ -217,7 +217,7 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
                              if config.zeroshot.compare and phases else [])
     for setting in settings:   # every evaluation class name fits the text context: checked before training
         check_eval_texts(evaluators, setting)
-    jobs = [SeedJob(c, w, setting, method.init(jax.random.key(c.seed), clip_params))
+    jobs = [SeedJob(c, w, setting, method.init(jax.random.key(c.seed), clip_params, _train_classes(setting)))
             for (c, w), setting in zip(pending, settings)]
     for job in jobs if jax.process_index() == 0 else ():
         print(f"seed {job.config.seed}: {job.setting.train.summary()}", flush=True)
@@ -266,7 +266,7 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
     if len(names) != 1:
         raise ValueError("packed seeds must train on the same class names; run them separately")
     train_split = jobs[0].setting.train
-    texts = method.class_texts(clip_params, list(train_split.classnames))
+    texts = method.class_texts(clip_params, list(train_split.classnames), train_split.template)
     for job in jobs:
         if jax.process_index() == 0:
             paths.write_json_atomic(paths.join(job.workdir, "classnames.json"),
@@ -296,6 +296,12 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
         seed.writer.close()
         seed.checkpoints.close()
     return prompts
+
+
+def _train_classes(setting: Setting) -> list[str]:
+    """The training classes (a tree with a row per class is built for them), or the first evaluation set's."""
+    splits = setting.train if setting.train is not None else setting.evals[0].splits
+    return list(splits.classnames)
 
 
 def _same_length(caches: list[Any]) -> list[Any]:

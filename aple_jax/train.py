@@ -139,13 +139,10 @@ class PhasePlan:
     teacher_image_cached: bool   # the teacher's image features come from a per-example cache, not a forward
 
 
-TEXT_SIDE = ("text/", "meta_net/")   # leaves whose values change class text features
-
-
 def plan_phase(method: Method, phase: Phase, prompts: P.Tree) -> PhasePlan:
     selection = P.select(prompts, phase.train)
     w = phase.weights
-    trains_text = any(leaf.startswith(TEXT_SIDE) for leaf in selection.leaves)
+    trains_text = any(leaf.startswith(method.text_side) for leaf in selection.leaves)
     needs_teacher_image = any(w.get(k) for k in ("kl", "l1_image"))
     return PhasePlan(
         phase=phase, selection=selection,
@@ -336,6 +333,8 @@ def fit(method: Method, phases: list[Phase], prompts: list[P.Tree], ctx: FitCont
             if resume is not None and resume["epoch"] >= phase.epochs:
                 prompts, resume = [final_prompts(phase, s) for s in resume["states"]], None
                 continue
+            if resume is None:
+                prompts = [method.begin_phase(index, p, ctx.clip_params, ctx.texts) for p in prompts]
             prompts, global_step = _fit_phase(method, index, phase, prompts, ctx, global_step, resume)
             resume = None
     return prompts

@@ -7,8 +7,11 @@ from aple_jax.clip.backbone import Backbone
 from aple_jax.clip.tokenizer import Tokenizer
 from aple_jax.methods.aple import APLe
 from aple_jax.methods.base import Method, Phase
+from aple_jax.methods.clip_lora import CLIPLoRA
 from aple_jax.methods.cocoop import CoCoOp
 from aple_jax.methods.maple import MaPLe
+from aple_jax.methods.mma import MMA
+from aple_jax.methods.twostage import TwoStage
 from aple_jax.methods.zeroshot import ZeroShot
 
 METHODS: dict[str, type[Method]] = {
@@ -20,6 +23,9 @@ METHODS: dict[str, type[Method]] = {
     "ivlp": Method,
     "promptsrc": Method,  # IVLP + kl, l1_text, l1_image terms + GPA
     "aple": APLe,
+    "clip_lora": CLIPLoRA,
+    "mma": MMA,
+    "twostage": TwoStage,
 }
 
 

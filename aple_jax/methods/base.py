@@ -7,7 +7,7 @@ modalities it is IVLP; APLe and PromptSRC add phases, loss weights and the image
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +67,7 @@ class Method:
     name = "ivlp"
     per_image_text = False   # True when text features depend on the image (CoCoOp): never cached
     needs_rng = False        # True when training draws random numbers (LoRA dropout): `features` gets an `rng`
+    text_side = ("text/", "meta_net/")   # path prefixes of the leaves whose values change class text features
 
     def __init__(self, config: ml_collections.ConfigDict, backbone: Backbone, tokenizer: Tokenizer):
         self.config = config
@@ -91,7 +92,8 @@ class Method:
                                                                                            "sum_over_bc"))
 
     # ------------------------------------------------------------------------------------------------ prompts
-    def init(self, rng: Array, clip_params: Any) -> P.Tree:
+    def init(self, rng: Array, clip_params: Any, classnames: Sequence[str] = ()) -> P.Tree:
+        """The trainable tree at its start (`classnames`: the training classes, for trees with a row per class)."""
         k_ctx, k_txt, k_vis, k_deep = jax.random.split(rng, 4)
         tree: P.Tree = {}
         cfg = self.backbone.cfg
@@ -111,8 +113,9 @@ class Method:
         return tree
 
     # ---------------------------------------------------------------------------------------------- class texts
-    def class_texts(self, clip_params: Any, classnames: list[str]) -> P.ClassTexts:
-        """Tokenized `"{prefix} {class}."` embeddings, built once per class set on the host."""
+    def class_texts(self, clip_params: Any, classnames: list[str], template: str = "") -> P.ClassTexts:
+        """Tokenized `"{prefix} {class}."` embeddings, built once per class set on the host (a method without
+        prompt tokens uses the dataset's `template` instead)."""
         return P.build_class_texts(self.backbone, clip_params, self.tokenizer, classnames, self.prefix)
 
     def eval_texts(self, classnames: list[str], dataset_template: str) -> list[str]:
@@ -169,9 +172,33 @@ class Method:
         return [Phase("train", (".*",), c.optim.epochs, c.optim.lr, MODALITIES,
                       tuple(sorted(c.get("loss_weights", {"ce": 1.0}).items())), self.gpa())]
 
+    def begin_phase(self, index: int, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts) -> P.Tree:
+        """The tree as phase `index` starts (not when a run resumes inside it); unchanged unless a method sets
+        leaves from what earlier phases learned (2SFS's head)."""
+        return prompts
+
     def gpa(self) -> tuple[float, float] | None:
         g = self.config.get("gpa")
         return (g.mean, g.std) if g is not None and g.get("enabled", False) else None
+
+
+class TemplateTexts:
+    """Class texts from the dataset's hand-crafted template ("a photo of a {}." when none is given), for methods
+    without prompt tokens (CLIP-LoRA, 2SFS); mixed in before `Method`."""
+    DEFAULT_TEMPLATE = "a photo of a {}."
+
+    def class_texts(self, clip_params: Any, classnames: list[str], template: str = "") -> P.ClassTexts:
+        return P.template_texts(self.backbone, clip_params, self.tokenizer, classnames,
+                                template or self.DEFAULT_TEMPLATE)
+
+    def eval_texts(self, classnames: list[str], dataset_template: str) -> list[str]:
+        template = dataset_template or self.DEFAULT_TEMPLATE
+        return [template.format(name.replace("_", " ")) for name in classnames]
+
+    def eval_text_features(self, prompts: P.Tree, clip_params: Any, classnames: list[str],
+                           dataset_template: str) -> Array:
+        return self.text_features_jit(prompts, clip_params, self.class_texts(clip_params, classnames,
+                                                                            dataset_template))
 
 
 def loss_weights(weights: Mapping[str, float]) -> tuple[tuple[str, float], ...]:

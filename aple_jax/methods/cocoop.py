@@ -7,7 +7,7 @@ with k = 0, or B x C <= k, all prompts go in one pass.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +34,9 @@ class CoCoOp(Method):
             raise ValueError(f"cocoop.prompts_per_pass must be >= 0 (0: all prompts in one pass), "
                              f"got {self.prompts_per_pass}")
 
-    def init(self, rng: Array, clip_params: Any) -> P.Tree:
+    def init(self, rng: Array, clip_params: Any, classnames: Sequence[str] = ()) -> P.Tree:
         k_ctx, k1, k2 = jax.random.split(rng, 3)
-        tree = super().init(k_ctx, clip_params)
+        tree = super().init(k_ctx, clip_params, classnames)
         vis_dim, ctx_dim = self.backbone.cfg.embed_dim, self.backbone.cfg.text_width
         hidden = vis_dim // 16
         tree["meta_net"] = {"linear1": torch_linear_init(k1, vis_dim, hidden),

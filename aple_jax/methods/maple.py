@@ -5,7 +5,7 @@ text -> vision, so the image path also sends gradients into the text prompts.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +31,9 @@ def linear(params: dict[str, Array], x: Array) -> Array:
 class MaPLe(Method):
     name = "maple"
 
-    def init(self, rng: Array, clip_params: Any) -> P.Tree:
+    def init(self, rng: Array, clip_params: Any, classnames: Sequence[str] = ()) -> P.Tree:
         k_text, k_proj0, k_proj = jax.random.split(rng, 3)
-        tree = super().init(k_text, clip_params)
+        tree = super().init(k_text, clip_params, classnames)
         tree.pop("vision", None)
         cfg = self.backbone.cfg
         shared = torch_linear_init(k_proj, cfg.text_width, cfg.vision_width)   # deep copies of one fresh layer

@@ -1,7 +1,7 @@
 """Zero-shot CLIP: class text features from hand-crafted templates; also the frozen teachers of other methods."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ class ZeroShot(Method):
     """No prompts: the dataset's hand-crafted template, or CLIP's ImageNet template ensemble."""
     name = "zeroshot"
 
-    def init(self, rng: Array, clip_params: Any) -> P.Tree:
+    def init(self, rng: Array, clip_params: Any, classnames: Sequence[str] = ()) -> P.Tree:
         return {}
 
     def eval_text_features(self, prompts: P.Tree, clip_params: Any, classnames: list[str],
