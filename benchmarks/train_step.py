@@ -34,7 +34,7 @@ from aple_jax.clip.backbone import DTYPES, Backbone  # noqa: E402
 from aple_jax.clip.tokenizer import Tokenizer  # noqa: E402
 from aple_jax.methods import build_method  # noqa: E402
 
-METHODS = ("aple", "ivlp", "coop", "kgcoop", "cocoop", "maple", "promptsrc")
+METHODS = ("aple", "ivlp", "coop", "kgcoop", "cocoop", "maple", "promptsrc", "clip_lora", "mma", "twostage")
 
 
 def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, phase_index: int, pack: int = 1,
@@ -43,11 +43,12 @@ def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, 
     config = importlib.import_module(f"configs.{name}").get_config(config_arg)
     config.update_from_flattened_dict(overrides or {})
     method = build_method(config, backbone, Tokenizer.builtin_tiny())
-    prompts = method.init(jax.random.key(0), params)
+    classnames = [f"class {i}" for i in range(classes)]
+    prompts = method.init(jax.random.key(0), params, classnames)
     phase = method.phases()[phase_index]
     plan = train.plan_phase(method, phase, prompts)
     tx = train.make_optimizer(phase, plan.selection.labels(prompts), 100, config.optim)
-    texts = method.class_texts(params, [f"class {i}" for i in range(classes)])
+    texts = method.class_texts(params, classnames)
     teacher = method.text_features({}, params, texts, ()) if plan.needs_teacher_text else None
     rng = np.random.default_rng(0)
     num_images = 16 * classes   # a 16-shot training set, for the teacher's per-image cache
@@ -58,7 +59,7 @@ def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, 
     batch_arrays = {"image": jax.numpy.asarray(rng.normal(size=(batch, size, size, 3)), jax.numpy.float32),
                     "label": jax.numpy.asarray(rng.integers(0, classes, batch), jax.numpy.int32),
                     "index": jax.numpy.asarray(rng.integers(0, num_images, batch), jax.numpy.int32)}
-    state = train.init_state(prompts, tx, phase.gpa is not None)
+    state = train.init_state(prompts, tx, phase.gpa is not None, jax.random.key(1) if method.needs_rng else None)
     if pack > 1:
         state, consts, batch_arrays = (train.pack([x] * pack) for x in (state, consts, batch_arrays))
     # Committed, replicated placement as in the trainer, so the warm-up call compiles the program that is timed.
