@@ -140,3 +140,11 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, name, stop):
     full = json.load(open(tmp_path / "full" / "results.json"))
     assert resumed["accuracy"] == full["accuracy"]
     assert os.listdir(tmp_path / "cut" / "checkpoints")
+
+
+def test_a_run_scores_each_evaluation_set_under_its_split_name(tmp_path, monkeypatch):
+    from aple_jax import evaluate
+    seen, real = [], evaluate.evaluate_batches
+    monkeypatch.setattr(evaluate, "evaluate_batches", lambda *a, **k: seen.append(k.get("split")) or real(*a, **k))
+    run(tiny_config("zeroshot"), str(tmp_path))
+    assert seen == ["base", "new"]
