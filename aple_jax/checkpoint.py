@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -26,6 +27,15 @@ class _OrbaxErrorLogs(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _closed_loop_quiet(hook: Callable) -> Callable:
+    """`hook` without the "Event loop is closed" RuntimeErrors that tensorstore prints (through sys.excepthook)
+    when a write of a failed save completes after orbax closed the save's event loop."""
+    def quiet(kind, value, tb):
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            hook(kind, value, tb)
+    return quiet
 
 
 # orbax's asyncio futures of a failed write are logged again when collected ("exception was never retrieved").
@@ -56,9 +66,15 @@ class RunCheckpoints:
     def _faults(self, doing: str) -> Iterator[None]:
         quiet = _OrbaxErrorLogs()
         logging.getLogger("absl").addFilter(quiet)
+        hook = sys.excepthook
+        sys.excepthook = _closed_loop_quiet(hook)
         try:
             with paths.faults_named(self.directory, doing):
                 yield
+        except BaseException:
+            raise      # the quiet hook stays: tensorstore's callbacks of the failed write may still fire
+        else:
+            sys.excepthook = hook
         finally:
             logging.getLogger("absl").removeFilter(quiet)
 
