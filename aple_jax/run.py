@@ -29,6 +29,10 @@ OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "curve_point
 # config.json's header keys beside the config: the environment that started the run (aple_jax.environment). A run
 # resumes in another environment; its results.json records both when they differ.
 HEADER_KEYS = ("environment",)
+# Keys added after run directories existed, each with the value under which such a run computed what it did: a
+# config.json without the key resumes when the current config holds that value.
+ADDED_KEYS = {"optim.name": "sgd", "optim.betas": [0.9, 0.999], "optim.eps": 1e-8, "optim.no_decay": [],
+              "optim.schedule": "cosine_epoch", "optim.min_lr": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +88,7 @@ def check_workdir_config(workdir: paths.PathLike, config: ml_collections.ConfigD
     if path.exists():
         hint = f"delete {path}: rerunning the command that made this run writes it again and resumes"
         saved = _comparable(paths.read_json(path, hint=hint))
+        saved.update({k: v for k, v in ADDED_KEYS.items() if k not in saved and k in current})
         diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if diff:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:10])

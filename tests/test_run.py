@@ -143,6 +143,18 @@ def test_only_process_zero_writes_config_json_and_every_process_checks_it(tmp_pa
         check_workdir_config(str(tmp_path), tiny_config("coop", optim__lr=0.5), write=False)
 
 
+def test_a_run_directory_from_before_the_optimizer_keys_resumes_only_with_their_old_values(tmp_path):
+    config = tiny_config("coop")
+    check_workdir_config(str(tmp_path), config)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("name", "betas", "eps", "no_decay", "schedule", "min_lr"):   # as written before they existed
+        del saved["optim"][key]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_workdir_config(str(tmp_path), config, write=False)
+    with pytest.raises(ValueError, match=r"made by another config \(optim.name: 'sgd' -> 'adamw'"):
+        check_workdir_config(str(tmp_path), tiny_config("coop", optim__name="adamw"), write=False)
+
+
 def test_unknown_method_is_named(tmp_path):
     config = tiny_config("ivlp")
     config.method = "vpt-deep"
