@@ -5,6 +5,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -22,20 +23,54 @@ class BrokenCheckpointWarning(UserWarning):
 
 
 class _OrbaxErrorLogs(logging.Filter):
-    """Drops orbax's error logs (each with a traceback) of a failing save: the error they describe is raised to
-    the caller, which reports it once."""
+    """Drops the error logs (each with a traceback) of orbax's background saves, and asyncio's of their tasks: orbax
+    raises each error again in the caller, which reports it once (one line, or a traceback for a bug)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+        if record.levelno < logging.ERROR:
+            return True
+        error_tb = record.exc_info[2] if record.exc_info else None
+        return not (f"{os.sep}orbax{os.sep}" in record.pathname or _through_orbax(error_tb))
 
 
-def _closed_loop_quiet(hook: Callable) -> Callable:
-    """`hook` without the "Event loop is closed" RuntimeErrors that tensorstore prints (through sys.excepthook)
-    when a write of a failed save completes after orbax closed the save's event loop."""
-    def quiet(kind, value, tb):
-        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
-            hook(kind, value, tb)
-    return quiet
+def _closed_loop(error: BaseException | None) -> bool:
+    """tensorstore's report of a write that completed after orbax closed the save's event loop (a failed save)."""
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _through_orbax(tb: Any) -> bool:
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _quiet_hooks() -> None:
+    """Drops, process-wide, what orbax's and tensorstore's background threads print of a failed save: orbax raises
+    the error again in the caller (one line at the boundary, or a traceback for a bug), and the "Event loop is
+    closed" callbacks that tensorstore fires late (through sys.excepthook or sys.unraisablehook) tell nothing
+    more."""
+    if getattr(sys.excepthook, "aple_jax_quiet", False):
+        return
+    process_hook, thread_hook, unraisable_hook = sys.excepthook, threading.excepthook, sys.unraisablehook
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_OrbaxErrorLogs())
+
+    def unraisable_quiet(unraisable):
+        if not _closed_loop(unraisable.exc_value):
+            unraisable_hook(unraisable)
+
+    def process_quiet(kind, value, tb):
+        if not _closed_loop(value):
+            process_hook(kind, value, tb)
+
+    def thread_quiet(args):
+        if not (_closed_loop(args.exc_value) or _through_orbax(args.exc_traceback)):
+            thread_hook(args)
+
+    process_quiet.aple_jax_quiet = True
+    sys.excepthook, threading.excepthook, sys.unraisablehook = process_quiet, thread_quiet, unraisable_quiet
 
 
 # orbax's asyncio futures of a failed write are logged again when collected ("exception was never retrieved").
@@ -57,6 +92,7 @@ class RunCheckpoints:
         if paths.is_remote(workdir):
             from aple_jax import gcs
             gcs.bound_orbax_retries()
+        _quiet_hooks()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=keep), create=True)
         with self._faults("create"):
@@ -64,19 +100,8 @@ class RunCheckpoints:
 
     @contextlib.contextmanager
     def _faults(self, doing: str) -> Iterator[None]:
-        quiet = _OrbaxErrorLogs()
-        logging.getLogger("absl").addFilter(quiet)
-        hook = sys.excepthook
-        sys.excepthook = _closed_loop_quiet(hook)
-        try:
-            with paths.faults_named(self.directory, doing):
-                yield
-        except BaseException:
-            raise      # the quiet hook stays: tensorstore's callbacks of the failed write may still fire
-        else:
-            sys.excepthook = hook
-        finally:
-            logging.getLogger("absl").removeFilter(quiet)
+        with paths.faults_named(self.directory, doing):
+            yield
 
     def latest_step(self) -> int | None:
         with self._faults("read"):

@@ -265,11 +265,12 @@ def _backbone(config: ml_collections.ConfigDict, check_paths: bool) -> Iterator[
 
 
 def _local_weights(b: ml_collections.ConfigDict) -> Iterator[str]:
-    """Local weights and tokenizer paths that do not exist, and a weights directory without weights files."""
+    """A local tokenizer path that does not exist, and a weights directory without weights files (a weights path
+    that does not exist is refused by `check_weights`, before anything loads, with how to get weights)."""
     from aple_jax.clip.weights import missing_weights_message
-    for key, value in (("backbone.weights", b.weights), ("backbone.tokenizer", b.tokenizer)):
-        if value and not paths.is_remote(value) and not paths.path_problem(value) and not os.path.exists(value):
-            yield f"{key}={value!r} does not exist"
+    value = b.tokenizer
+    if value and not paths.is_remote(value) and not paths.path_problem(value) and not os.path.exists(value):
+        yield f"backbone.tokenizer={value!r} does not exist"
     if b.weights and not paths.is_remote(b.weights) and os.path.isdir(b.weights):
         message = missing_weights_message(b.weights)
         if message:

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 import fsspec
 from etils import epath
 
-from aple_jax.errors import CheckpointError, PathError, StorageError, storage_faults
+from aple_jax.errors import AplejaxError, CheckpointError, PathError, StorageError, storage_faults
 
 PathLike = str | os.PathLike | epath.Path
 
@@ -150,11 +150,21 @@ def faults_named(path: PathLike, doing: str = "write") -> Iterator[None]:
     try:
         with storage_faults(path, doing):
             yield
-    except FileNotFoundError as e:
+    except AplejaxError:
+        raise
+    except Exception as e:   # a library writing below `path` names a vanished bucket in many ways
         bucket = bucket_of(path)
-        if isinstance(e, StorageError) or bucket is None or bucket.exists():
+        if bucket is None or _exists_or_unknown(bucket):
             raise
         raise storage_error(path, f"cannot {doing}") from e
+
+
+def _exists_or_unknown(bucket: epath.Path) -> bool:
+    """Whether the bucket exists, True where that cannot be asked (the error at hand is then the one to report)."""
+    try:
+        return bucket.exists()
+    except Exception:  # noqa: BLE001 - the storage server's own fault: keep the original error
+        return True
 
 
 def require(path: PathLike, what: str = "") -> epath.Path:

@@ -242,10 +242,7 @@ def test_full_and_read_only_disks_end_in_one_line_and_keep_the_checkpoints(tmp_p
         stderr = (tmp_path / f"{where}.err").read_text()
         errors = [l for l in stderr.splitlines() if l.startswith("error: ")]
         assert status == "2" and len(errors) == 1, f"{report}\n{where}:\n{stderr}"
-        # Known and not yet silenced: tensorstore may print a callback's "Event loop is closed" (orbax closed the
-        # failed save's loop) through a path that bypasses sys.excepthook; nothing else.
-        noise = stderr.count("RuntimeError: Event loop is closed")
-        assert stderr.count("Traceback") == noise, f"{where}:\n{stderr}"
+        assert "Traceback" not in stderr, f"{where}:\n{stderr}"
         assert f"{tmp_path}/{where}/run" in errors[0] and reason in errors[0], errors     # the run or a file in it
         assert int(millis) < DISK_FAULT_BOUND_S * 1000, (where, millis)
         assert f"KEPT {where} [2, 4]" in lines, report        # both checkpoints intact and readable
