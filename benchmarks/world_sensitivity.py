@@ -62,7 +62,7 @@ def run_one(config_arg: str, workdir: str, overrides: list[str], nudge: int) -> 
         def build_nudged(*args, **kwargs):
             method = build(*args, **kwargs)
             init = method.init
-            method.init = lambda rng, clip_params: nudge_prompts(init(rng, clip_params), nudge - 1)
+            method.init = lambda *args: nudge_prompts(init(*args), nudge - 1)
             return method
 
         run.build_method = build_nudged
