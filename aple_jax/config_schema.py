@@ -185,11 +185,13 @@ def problems(config: ml_collections.ConfigDict, check_paths: bool = True) -> Ite
 
 
 def _loss_weights(flat: dict[str, Any]) -> Iterator[str]:
+    method = METHODS.get(flat.get("method"))
+    known = TERMS + tuple(method.own_terms if method is not None else ())
     for key, value in flat.items():
         if key.startswith("loss_weights."):
             term = key[len("loss_weights."):]
-            if term not in TERMS:
-                yield f"unknown loss term {key!r}; expected loss_weights.<term> with <term> one of {', '.join(TERMS)}"
+            if term not in known:
+                yield f"unknown loss term {key!r}; expected loss_weights.<term> with <term> one of {', '.join(known)}"
             elif not _non_negative(value):
                 yield f"{key}={value!r}; expected a finite number >= 0"
     l1 = flat.get("stage1.feature_l1")

@@ -140,14 +140,20 @@ class PhasePlan:
 
 
 def plan_phase(method: Method, phase: Phase, prompts: P.Tree) -> PhasePlan:
-    selection = P.select(prompts, phase.train)
     w = phase.weights
+    unknown = sorted(set(w) - set(L.TERMS) - set(method.own_terms))
+    if unknown:
+        raise ValueError(f"phase {phase.name!r} of {method.name}: unknown loss terms {unknown}; expected some of "
+                         f"{L.TERMS + tuple(method.own_terms)}")
+    selection = P.select(prompts, phase.train)
     trains_text = any(leaf.startswith(method.text_side) for leaf in selection.leaves)
-    needs_teacher_image = any(w.get(k) for k in ("kl", "l1_image"))
+    own = [need for term, need in method.own_terms.items() if w.get(term)]
+    needs_teacher_image = any(w.get(k) for k in ("kl", "l1_image")) or any(n in ("image", "both") for n in own)
     return PhasePlan(
         phase=phase, selection=selection,
         cache_text=not trains_text and not method.per_image_text,
-        needs_teacher_text=any(w.get(k) for k in ("kl", "l1_text", "text_cos")),
+        needs_teacher_text=(any(w.get(k) for k in ("kl", "l1_text", "text_cos"))
+                            or any(n in ("text", "both") for n in own)),
         needs_teacher_image=needs_teacher_image,
         teacher_image_cached=needs_teacher_image and method.teacher_images == "cached",
     )
@@ -165,8 +171,9 @@ def make_loss_fn(method: Method, plan: PhasePlan) -> Callable:
         images = batch["image"]
         student_in = apply_adapter(images, method.adapter) if method.adapter_train else images
         teacher_in = student_in if method.teacher_sees_adapter else images
-        img, txt = method.features(prompts, clip_params, consts["texts"], student_in, present,
-                                   consts.get("text_cache"), rng=rng)
+        outputs = method.train_outputs(prompts, clip_params, consts["texts"], student_in, present,
+                                       consts.get("text_cache"), rng=rng)
+        img, txt = outputs["image"], outputs["text"]
         scale = backbone.logit_scale(clip_params)
         logits = L.cosine_logits(scale, img, txt)
         terms = {"ce": L.cross_entropy(logits, batch["label"])}
@@ -184,6 +191,11 @@ def make_loss_fn(method: Method, plan: PhasePlan) -> Callable:
             terms["l1_image"] = L.l1_to_frozen(img, zs_img)
         if "text_cos" in weights:
             terms["text_cos"] = L.text_cosine(txt, consts["teacher_text"])
+        if method.own_terms:
+            teacher = {"text": consts.get("teacher_text")}
+            if plan.needs_teacher_image:
+                teacher["image"] = zs_img
+            terms.update(method.own_loss_terms(outputs, logits, batch, teacher, weights))
         total = sum(weights[k] * v for k, v in terms.items() if k in weights)
         accuracy = (jnp.argmax(logits, -1) == batch["label"]).mean()
         return total, {"loss": total, "accuracy": accuracy, **terms}

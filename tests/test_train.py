@@ -10,7 +10,7 @@ from aple_jax import train
 from aple_jax.clip import model as clip_model
 from aple_jax.clip.backbone import Backbone, load_backbone
 from aple_jax.methods import build_method
-from aple_jax.methods.base import Phase
+from aple_jax.methods.base import Method, Phase
 from tests.helpers import random_batch, tiny_config
 
 CLASSES = [f"class {i}" for i in range(6)]
@@ -186,3 +186,31 @@ def test_remat_gives_the_same_features_and_prompt_gradients(tiny):
         a, b = np.asarray(a), np.asarray(b)
         assert np.linalg.norm(a) > 0, name
         assert np.linalg.norm(b - a) <= 1e-6 * np.linalg.norm(a), name
+
+
+class _WithOwnTerm(Method):
+    """IVLP plus an own term: the squared norm of the image features' distance to the frozen teacher's."""
+    own_terms = {"image_pull": "image"}
+
+    def own_loss_terms(self, outputs, logits, batch, teacher, weights):
+        return {"image_pull": jnp.mean(jnp.sum((outputs["image"] - teacher["image"]) ** 2, -1))}
+
+
+def test_a_methods_own_loss_term_is_weighted_into_the_loss_with_its_teacher(tiny):
+    backbone, params, tokenizer = tiny
+    m = _WithOwnTerm(tiny_config("ivlp", optim__warmup_epochs=0), backbone, tokenizer)
+    prompts = m.init(jax.random.key(0), params)
+    with pytest.raises(ValueError, match="unknown loss terms \\['nope'\\]"):
+        train.plan_phase(m, Phase("p", (".*",), 1, 0.1, losses=(("ce", 1.0), ("nope", 1.0))), prompts)
+    phase = Phase("p", (".*",), 1, 0.1, losses=(("ce", 1.0), ("image_pull", 2.5)))
+    plan = train.plan_phase(m, phase, prompts)
+    assert plan.needs_teacher_image and not plan.needs_teacher_text
+    texts = m.class_texts(params, CLASSES)
+    consts = train.phase_constants(m, plan, prompts, params, texts, None)
+    batch = random_batch(4, 32, len(CLASSES))
+    total, metrics = train.make_loss_fn(m, plan)(P.flatten(prompts), {}, params, consts, batch)
+    img = m.image_features(prompts, params, batch["image"])
+    pull = jnp.mean(jnp.sum((img - backbone.image(params, batch["image"])) ** 2, -1))
+    np.testing.assert_allclose(metrics["image_pull"], pull, rtol=1e-5)
+    np.testing.assert_allclose(total, metrics["ce"] + 2.5 * metrics["image_pull"], rtol=1e-6)
+    assert float(metrics["image_pull"]) > 0

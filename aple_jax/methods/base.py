@@ -18,7 +18,7 @@ from aple_jax.adapter import AdapterConfig
 from aple_jax.clip.backbone import Backbone
 from aple_jax.clip.tokenizer import Tokenizer
 from aple_jax import losses as L
-from aple_jax.losses import TERMS, KLOptions
+from aple_jax.losses import KLOptions
 
 Array = jax.Array
 MODALITIES = ("text", "vision")
@@ -43,9 +43,6 @@ class Phase:
     iterations: int = 0                         # a budget in steps instead of epochs (resolved per dataset)
 
     def __post_init__(self) -> None:
-        unknown = [k for k, _ in self.losses if k not in TERMS]
-        if unknown:
-            raise ValueError(f"phase {self.name!r}: unknown loss terms {unknown}; expected some of {TERMS}")
         if self.epochs < 1 and not self.iterations:
             raise ValueError(f"phase {self.name!r}: epochs must be >= 1, got {self.epochs}")
         if not self.train:
@@ -68,6 +65,9 @@ class Method:
     per_image_text = False   # True when text features depend on the image (CoCoOp): never cached
     needs_rng = False        # True when training draws random numbers (LoRA dropout): `features` gets an `rng`
     text_side = ("text/", "meta_net/")   # path prefixes of the leaves whose values change class text features
+    # Loss terms the method computes itself (`own_loss_terms`), beside the shared ones of `losses.TERMS`, each with
+    # what of the frozen zero-shot teacher it needs: "" nothing, "text", "image" or "both".
+    own_terms: dict[str, str] = {}
 
     def __init__(self, config: ml_collections.ConfigDict, backbone: Backbone, tokenizer: Tokenizer):
         self.config = config
@@ -154,6 +154,20 @@ class Method:
         img = self.image_features(prompts, clip_params, images, present)
         txt = text_cache if text_cache is not None else self.text_features(prompts, clip_params, texts, present)
         return img, txt
+
+    def train_outputs(self, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts, images: Array,
+                      present: tuple[str, ...] = MODALITIES, text_cache: Array | None = None,
+                      rng: Array | None = None) -> dict[str, Array]:
+        """What a training step computes from its batch: "image" (B, P) and "text" (C, P) or (B, C, P) features, the
+        training logits' two sides, and whatever else the method's own loss terms use (one forward for both)."""
+        img, txt = self.features(prompts, clip_params, texts, images, present, text_cache, rng=rng)
+        return {"image": img, "text": txt}
+
+    def own_loss_terms(self, outputs: dict[str, Array], logits: Array, batch: Mapping[str, Array],
+                       teacher: Mapping[str, Array], weights: Mapping[str, float]) -> dict[str, Array]:
+        """The method's own terms named in `own_terms` (those with a weight in `weights`), from the step's
+        `outputs`, its (B, C) `logits` and the frozen teacher's "text" (C, P) and "image" (B, P) features."""
+        return {}
 
     def eval_logits(self, prompts: P.Tree, clip_params: Any, class_side: Any, images: Array, split: str) -> Array:
         """(B, C) test logits on `split` ("base", "new", "all", or a transfer target's name); `class_side` is the
