@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -268,6 +269,22 @@ def core_sets(jobs: int, stop_on_error: bool = False) -> list[tuple[int, ...]]:
     return [tuple(cores[i::jobs]) for i in range(jobs)]
 
 
+def jax_backend() -> str:
+    """The platform JAX picks on this host ("cpu", "gpu", "tpu"), asked of a short-lived child process so that this
+    one claims no accelerator."""
+    probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True,
+                           text=True, timeout=300, check=False)
+    return probe.stdout.strip().splitlines()[-1] if probe.returncode == 0 and probe.stdout.strip() else "cpu"
+
+
+def check_jobs_backend(jobs: int) -> None:
+    """Parallel jobs are for CPU hosts: on an accelerator every job would claim all of it (JAX preallocates most
+    of a GPU's memory per process), so the second would fail or both crawl."""
+    if jobs > 1 and (backend := jax_backend()) != "cpu":
+        raise ConfigError(f"--jobs {jobs}: this host runs JAX on {backend}, where each parallel job would claim the "
+                          f"whole accelerator; --jobs is for CPU hosts. Drop it: one run at a time uses every device")
+
+
 def run_parallel(todo: list[tuple[str, list[PlannedRun]]], cores: list[tuple[int, ...]],
                  tally: Tally) -> int | None:
     """Runs the units of `todo` as many at a time as there are core sets, each in a fresh child process pinned to
@@ -465,12 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs (or groups of packed seeds) at a time, each in its own process pinned to its "
                              "share of the CPU cores (default 1: one after another in this process); for CPU "
-                             "hosts, where small models use one core each better than two")
+                             "hosts, where small models use one core each better than two; refused on GPU/TPU hosts")
     parser.add_argument("--stop-on-error", action="store_true",
                         help="stop at the first failing run with its traceback (default: go on, list failures)")
     with error_boundary():
         a = parser.parse_args(argv)
         core_sets(a.jobs, a.stop_on_error)
+        check_jobs_backend(a.jobs)
         seeds = parse_seeds(a.seeds)
         runs = plan([p for p in a.configs.split(",") if p], expand_datasets(a.datasets), seeds, a.args, a.override,
                     a.runs_dir, a.variant)

@@ -217,3 +217,16 @@ def test_variants_tag_their_runs_and_apply_their_overrides(tmp_path):
             sweep.plan(["configs/aple.py"], ["DTD"], [1], "", [], str(tmp_path), [bad])
     with pytest.raises(ConfigError, match="unknown config key 'prompts.text.nctx'"):
         sweep.plan(["configs/aple.py"], ["DTD"], [1], "", [], str(tmp_path), ["x:prompts.text.nctx=2"])
+
+
+def test_parallel_jobs_are_refused_on_an_accelerator_host(tmp_path, capsys, monkeypatch):
+    assert sweep.jax_backend() == "cpu"   # asked of a child process: this machine's JAX runs on its CPU
+    monkeypatch.setattr(sweep, "jax_backend", lambda: "gpu")
+    argv = ["--configs", "configs/zeroshot.py", "--args", "tiny", "--seeds", "1", "--runs-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(argv + ["--jobs", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --jobs 2: this host runs JAX on gpu") and "Traceback" not in err
+    assert not os.listdir(tmp_path)
+    sweep.check_jobs_backend(1)   # one run at a time is fine anywhere
