@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from aple_jax import paths
+from aple_jax import paths, plugins
 from aple_jax.adapter import FREQ_UNITS, KERNEL_NORMS
 from aple_jax.clip.backbone import DTYPES
 from aple_jax.clip.model import PRESETS
@@ -130,14 +130,16 @@ ENUMS: dict[str, tuple[str, ...]] = {
 MIN_TEXT_TOKENS = 4
 
 
-def known_keys(method: str) -> list[str] | None:
-    """The keys of `configs/<method>.py`'s config, or None where the method has no such file."""
+def known_keys(method: str, plugin: str = "") -> list[str] | None:
+    """The keys of `configs/<method>.py`'s config (with `plugin=<plugin>`'s section when that is a plug-in), or
+    None where the method has no such file."""
     import importlib
     try:
         module = importlib.import_module(f"configs.{method}")
     except ImportError:
         return None
-    return sorted(flatten(module.get_config(None).to_dict()))
+    arg = f"plugin={plugin}" if plugin in plugins.PLUGINS else None
+    return sorted(flatten(module.get_config(arg).to_dict()))
 
 
 def backbone_shape(config: ml_collections.ConfigDict) -> dict[str, int] | None:
@@ -167,7 +169,10 @@ def backbone_shape(config: ml_collections.ConfigDict) -> dict[str, int] | None:
 def problems(config: ml_collections.ConfigDict, check_paths: bool = True) -> Iterator[str]:
     """One line per broken rule; `check_paths`: local paths must exist (not where commands are only printed)."""
     flat = flatten(config.to_dict())
-    known = known_keys(flat.get("method", ""))
+    plugin_problem = plugins.problem(flat.get("method", ""), flat.get("plugin", ""))
+    if plugin_problem:
+        yield plugin_problem
+    known = known_keys(flat.get("method", ""), flat.get("plugin", ""))
     if known is not None:
         for key in sorted(set(flat) - set(known)):
             yield f"unknown config key {key!r}{did_you_mean(key, known)}"

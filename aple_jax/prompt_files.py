@@ -21,7 +21,7 @@ from aple_jax.errors import CheckpointError, StorageError
 
 PROMPTS_META_KEY = "__meta__"
 # What must agree between a trained run and an evaluation of its prompts.
-PROMPT_KEYS = ("method", "backbone.name", "backbone.weights", "prompts")
+PROMPT_KEYS = ("method", "plugin", "backbone.name", "backbone.weights", "prompts")
 
 
 def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -36,9 +36,9 @@ def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def prompt_config(config: ml_collections.ConfigDict | dict[str, Any]) -> dict[str, Any]:
-    """The PROMPT_KEYS fields of a config, flat."""
+    """The PROMPT_KEYS fields of a config, flat (no `plugin` when none is on, as before plug-ins existed)."""
     tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-    return {k: v for k, v in flatten_config(tree).items() if k.startswith(PROMPT_KEYS)}
+    return {k: v for k, v in flatten_config(tree).items() if k.startswith(PROMPT_KEYS) and (k, v) != ("plugin", "")}
 
 
 def prompts_meta(config: ml_collections.ConfigDict | dict[str, Any] | None,

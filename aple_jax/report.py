@@ -29,7 +29,7 @@ from aple_jax.data.names import canonical_name
 from aple_jax.errors import ReportError, error_boundary
 from aple_jax.prompt_files import flatten_config
 from aple_jax.report_classes import write_per_class
-from aple_jax.run import OPERATIONAL_KEYS, hm
+from aple_jax.run import ADDED_KEYS, OPERATIONAL_KEYS, hm
 from aple_jax.world.datasets import SUITE as WORLD_SUITE
 from configs.common import (CROSS_DATASET_TARGETS, IMAGENET_VARIANTS, WORLD_DG_TARGETS, WORLD_TRANSFER_SOURCE,
                             WORLD_XD_TARGETS)
@@ -239,9 +239,10 @@ def _read_results(path: str) -> dict[str, Any] | None:
 
 
 def differing_keys(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
-    """Dotted keys whose values differ between two config dicts, apart from seed, operational and location keys."""
+    """Dotted keys whose values differ between two config dicts, apart from seed, operational and location keys (a
+    key added since one of them was written counts at the value it ran with)."""
     skip = ("seed", *OPERATIONAL_KEYS, *LOCATION_KEYS, *ignore)
-    fa, fb = flatten_config(a), flatten_config(b)
+    fa, fb = {**ADDED_KEYS, **flatten_config(a)}, {**ADDED_KEYS, **flatten_config(b)}
     return sorted(k for k in set(fa) | set(fb)
                   if fa.get(k) != fb.get(k) and not any(k == s or k.startswith(s + ".") for s in skip))
 

@@ -10,8 +10,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from aple_jax import (checkpoint, config_schema, environment, evaluate, interop, paths, preemption, prompt_files,
-                      report_classes, run_lock, sharding, train)
+from aple_jax import (checkpoint, config_schema, environment, evaluate, interop, paths, plugins, preemption,
+                      prompt_files, report_classes, run_lock, sharding, train)
 from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
@@ -32,7 +32,7 @@ HEADER_KEYS = ("environment",)
 # Keys added after run directories existed, each with the value under which such a run computed what it did: a
 # config.json without the key resumes when the current config holds that value.
 ADDED_KEYS = {"optim.name": "sgd", "optim.betas": [0.9, 0.999], "optim.eps": 1e-8, "optim.no_decay": [],
-              "optim.schedule": "cosine_epoch", "optim.min_lr": 0.0}
+              "optim.schedule": "cosine_epoch", "optim.min_lr": 0.0, "plugin": ""}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,7 +417,7 @@ def _results(config, setting, evals, history, compilations, seconds, packed_seed
              started: dict[str, Any] | None = None) -> dict[str, Any]:
     """results.json; `started` is the environment that began the run (config.json's header)."""
     out: dict[str, Any] = {
-        "method": config.method, "dataset": setting.train.name if setting.train else config.dataset.name,
+        "method": plugins.method_name(config), "dataset": setting.train.name if setting.train else config.dataset.name,
         "setting": config.setting, "seed": config.seed, "shots": config.dataset.shots,
         "backbone": config.backbone.name, "evals": evals,
         "accuracy": {k: v["accuracy"] for k, v in evals.items()},

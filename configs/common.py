@@ -14,7 +14,7 @@ CROSS_DATASET_TARGETS = ("Caltech101", "OxfordPets", "StanfordCars", "Flowers102
 
 # Arguments every config accepts after the colon; each maps to a config field.
 COMMON_ARGS = dict(dataset="", seed=0, seeds="", shots=-1, backbone="", weights="", tokenizer="", data="", setting="",
-                   demo=False, world=False, tiny=False, xd=False, dg=False, fewshot=False)
+                   plugin="", demo=False, world=False, tiny=False, xd=False, dg=False, fewshot=False)
 # The world preset keeps every method's recipe and scales all epoch counts by this one factor: the largest multiple
 # of 0.2 whose base-to-novel sweep over the suite fits about 90 minutes on 2 CPU cores. Run one after another, 0.4's
 # took 62 and 0.6's 80; two jobs side by side (`sweep --jobs 2`, one core each) are 1.6 times as fast on long runs
@@ -65,6 +65,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = method
     c.tag = ""          # a free label that report.py uses to tell variants of one method apart
+    c.plugin = ""       # an addition on top of the method (aple_jax/plugins): "dept", ...; rows "<method>+<plugin>"
     c.seed = 1
     c.pack_seeds = ""   # "1,2,3": train these seeds together in one program, each in <workdir>/seed<s>
     c.setting = "base2new"
@@ -126,6 +127,8 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, **extra: Any) -> m
         c.dataset.eval_datasets = ("ImageNet",) + (IMAGENET_VARIANTS if a.dg else CROSS_DATASET_TARGETS)
     if a.fewshot:
         c.setting = "all"
+    if a.plugin:
+        apply_plugin(c, a.plugin)
     for key, field in (("dataset", "dataset.name"), ("data", "dataset.root"), ("backbone", "backbone.name"),
                        ("weights", "backbone.weights"), ("tokenizer", "backbone.tokenizer"), ("setting", "setting")):
         if a[key]:
@@ -141,6 +144,16 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, **extra: Any) -> m
     if a.shots >= 0:
         c.dataset.shots = a.shots
     return c
+
+
+def apply_plugin(c: ml_collections.ConfigDict, plugin: str) -> None:
+    """`plugin=<name>`: the plug-in on, with its settings' section at their defaults (an unknown name is left to
+    the config's validation, which names the plug-ins)."""
+    from aple_jax import plugins
+    c.plugin = plugin
+    section = plugins.defaults(plugin)
+    if section is not None:
+        c[plugin] = section
 
 
 def apply_world(c: ml_collections.ConfigDict) -> None:

@@ -56,6 +56,8 @@ CLI_CASES = [
          "config argument dataset= in 'tiny,dataset=' has no value"),
     Case("data_root", launch("--config", TINY + ",dataset=custom,data=/nonexistent/split.json", "--workdir", "/tmp/x"),
          "/nonexistent/split.json"),
+    Case("plugin", launch("--config", TINY + ",plugin=nope", "--workdir", "/tmp/x"), "plugin='nope'; expected one of"),
+    Case("plugin_key", launch("--config", TINY, "--workdir", "/tmp/x", "--config.plugin=nope"), "plugin='nope'"),
     Case("backbone_name", launch("--config", TINY, "--workdir", "/tmp/x", "--config.backbone.name=ViT-X"),
          "backbone.name='ViT-X'"),
 ]

@@ -30,9 +30,17 @@ METHODS: dict[str, type[Method]] = {
 
 
 def build_method(config: ml_collections.ConfigDict, backbone: Backbone, tokenizer: Tokenizer) -> Method:
+    """The config's method, with its plug-in (`config.plugin`) on when it names one."""
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; expected one of {sorted(METHODS)}")
-    return METHODS[config.method](config, backbone, tokenizer)
+    plugin = config.get("plugin", "")
+    if not plugin:
+        return METHODS[config.method](config, backbone, tokenizer)
+    from aple_jax import plugins   # plug-ins build on the methods above: imported once those are
+    why = plugins.problem(config.method, plugin)
+    if why:
+        raise ValueError(why)
+    return plugins.compose(config.method, plugin)(config, backbone, tokenizer)
 
 
 __all__ = ["METHODS", "Method", "Phase", "build_method"]
