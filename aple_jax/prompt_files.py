@@ -20,8 +20,9 @@ from aple_jax import prompts as P
 from aple_jax.errors import CheckpointError, StorageError
 
 PROMPTS_META_KEY = "__meta__"
-# What must agree between a trained run and an evaluation of its prompts.
-PROMPT_KEYS = ("method", "plugin", "backbone.name", "backbone.weights", "prompts")
+# What must agree between a trained run and an evaluation of its prompts (`mma.`: MMA's adapted blocks, width and
+# scale, which its trees alone do not say).
+PROMPT_KEYS = ("method", "plugin", "backbone.name", "backbone.weights", "prompts", "mma.")
 
 
 def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,6 +6,7 @@ import re
 import sys
 from collections import OrderedDict
 
+import jax
 import numpy as np
 import pytest
 
@@ -27,9 +28,10 @@ from tests.test_clip_parity import TINY_TEXT, TINY_VISION, hf_clip, hf_to_openai
 
 TINY = get_config("tiny")
 N_CLS = 5
-EPOCHS = {"coop": 200, "kgcoop": 100, "cocoop": 10, "maple": 5, "ivlp": 20, "promptsrc": 20}
+EPOCHS = {"coop": 200, "kgcoop": 100, "cocoop": 10, "maple": 5, "ivlp": 20, "promptsrc": 20, "mma": 5}
 MODEL = {"coop": "prompt_learner", "kgcoop": "prompt_learner", "cocoop": "prompt_learner",
-         "maple": "MultiModalPromptLearner", "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner"}
+         "maple": "MultiModalPromptLearner", "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner",
+         "mma": "adapter_learner"}
 # What each tiny config's prompt leaf is called in the official file (read from the official trainers, written
 # here independently of aple_jax/interop/mapping.py): (official key, Linear weight stored (out, in)).
 EXPECTED = {
@@ -52,14 +54,30 @@ EXPECTED = {
              "vision/deep_1": ("image_encoder.transformer.resblocks.1.VPT_shallow", False)},
 }
 EXPECTED["promptsrc"] = EXPECTED["ivlp"]
+# MMA's tiny config adapts blocks 1-2 (from 1): the official ModuleLists are indexed by the block's layer_index
+# (from 1), ours by the block (from 0); `down` and `shared` are Sequential(Linear, ReLU), `up` a bare Linear.
+_TORCH_LEAF = {"kernel": "weight", "bias": "bias"}
+EXPECTED["mma"] = {
+    f"{ours}/block_{i - 1}/{part}/{leaf}": (f"{theirs}.{i}.{name}.{_TORCH_LEAF[leaf]}", leaf == "kernel")
+    for i in (1, 2) for ours, theirs in (("text", "text_adapter"), ("vision", "visual_adapter"))
+    for part, name in (("down", "down.0"), ("up", "up")) for leaf in _TORCH_LEAF}
+EXPECTED["mma"].update({f"shared/block_{i - 1}/{leaf}": (f"shared_adapter.{i}.0.{_TORCH_LEAF[leaf]}", leaf == "kernel")
+                        for i in (1, 2) for leaf in _TORCH_LEAF})
+BUFFERS = ("token_prefix", "token_suffix", "token_embedding", "tokenized_prompts")
 FP16_SUFFIXES = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias", "c_fc.weight", "c_fc.bias",
                  "c_proj.weight", "c_proj.bias", "conv1.weight", "proj", "text_projection")
 
 
 @pytest.fixture(scope="module")
-def openai_tiny():
-    """A tiny CLIP with the tiny preset's shapes, in OpenAI names (from transformers, via the parity tests)."""
-    return hf_to_openai(hf_clip(TINY_TEXT, TINY_VISION, projection_dim=TINY.embed_dim).state_dict())
+def hf_tiny():
+    """A tiny transformers CLIP with the tiny preset's shapes (random weights, via the parity tests)."""
+    return hf_clip(TINY_TEXT, TINY_VISION, projection_dim=TINY.embed_dim)
+
+
+@pytest.fixture(scope="module")
+def openai_tiny(hf_tiny):
+    """The tiny CLIP in OpenAI names."""
+    return hf_to_openai(hf_tiny.state_dict())
 
 
 def _frozen(openai_sd, method):
@@ -85,6 +103,8 @@ def official_state_dict(method, openai_sd, n_ctx=None, depth=2, vision_depth=2, 
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *shape: torch.randn(*shape, generator=g)   # noqa: E731
     tw, vw, emb = TINY.text_width, TINY.vision_width, TINY.embed_dim
+    if method == "mma":
+        return mma_state_dict(rnd, n_blocks=depth)
     n = n_ctx or (2 if method == "maple" else 4)
     buffers = {"token_prefix": rnd(N_CLS, 1, tw).half(), "token_suffix": rnd(N_CLS, 77 - 1 - n, tw).half()}
     sd = OrderedDict()
@@ -124,13 +144,29 @@ def official_state_dict(method, openai_sd, n_ctx=None, depth=2, vision_depth=2, 
     return sd
 
 
+def mma_state_dict(rnd, n_blocks=2, dim=32, start=1):
+    """MMA's `adapter_learner` state dict (PREC amp: fp32) for blocks start..start+n_blocks-1 (from 1), in its
+    order: the buffers, then text_adapter, visual_adapter and shared_adapter (None entries hold no keys)."""
+    tw, vw = TINY.text_width, TINY.vision_width
+    ids = torch.zeros(N_CLS, 77, dtype=torch.long)
+    ids[:, :6] = torch.tensor([998, 5, 6, 7, 8, 999])
+    sd = OrderedDict(token_embedding=rnd(N_CLS, 77, tw), tokenized_prompts=ids)
+    blocks = range(start, start + n_blocks)
+    for tower, width in (("text_adapter", tw), ("visual_adapter", vw)):
+        for i in blocks:
+            sd[f"{tower}.{i}.down.0.weight"], sd[f"{tower}.{i}.down.0.bias"] = rnd(dim, width), rnd(dim)
+            sd[f"{tower}.{i}.up.weight"], sd[f"{tower}.{i}.up.bias"] = rnd(width, dim), rnd(width)
+    for i in blocks:
+        sd[f"shared_adapter.{i}.0.weight"], sd[f"shared_adapter.{i}.0.bias"] = rnd(dim, dim), rnd(dim)
+    return sd
+
+
 def save_official(root, method, sd, epoch=None, successor=None, zipped=True):
     """`<root>/<ModelName>/model.pth.tar-<epoch>` as Dassl's save_checkpoint writes it: state_dict, epoch, the SGD
     state over every parameter (momentum only for trainable ones), a pickled scheduler object (or `successor`),
     val_result; `zipped=False` writes torch's legacy format."""
     epoch = epoch or EPOCHS[method]
-    buffers = ("token_prefix", "token_suffix")
-    params = {k: torch.nn.Parameter(v.float().clone()) for k, v in sd.items() if not k.endswith(buffers)}
+    params = {k: torch.nn.Parameter(v.float().clone()) for k, v in sd.items() if not k.endswith(BUFFERS)}
     trainable = set(EXPECTED[method].values())
     optim = torch.optim.SGD(list(params.values()), lr=0.002, momentum=0.9, weight_decay=5e-4)
     for k, p in params.items():
@@ -185,6 +221,70 @@ def test_official_checkpoint_imports_leaf_by_leaf_and_round_trips_bit_exact(meth
     assert sorted(again) == sorted(leaves)
     for k in leaves:
         assert again[k].dtype == leaves[k].dtype and again[k].tobytes() == leaves[k].tobytes(), k
+
+
+def mma_reference(model, sd, scale, pixels, ids):
+    """The official MMA forward on a transformers CLIP: each adapted block (the state dict's index l, from 1) adds
+    `scale * up(shared(down(ln_1 x)))` of its input to its output; (image features, text features)."""
+    F = torch.nn.functional
+
+    def hook(tower, index):
+        def add(module, args, output):
+            y = F.relu(F.linear(module.layer_norm1(args[0]), sd[f"{tower}.{index}.down.0.weight"],
+                                sd[f"{tower}.{index}.down.0.bias"]))
+            y = F.relu(F.linear(y, sd[f"shared_adapter.{index}.0.weight"], sd[f"shared_adapter.{index}.0.bias"]))
+            return output + scale * F.linear(y, sd[f"{tower}.{index}.up.weight"], sd[f"{tower}.{index}.up.bias"])
+        return add
+
+    handles = [layer.register_forward_hook(hook(tower, i + 1))
+               for tower, layers in (("text_adapter", model.text_model.encoder.layers),
+                                     ("visual_adapter", model.vision_model.encoder.layers))
+               for i, layer in enumerate(layers) if f"{tower}.{i + 1}.up.weight" in sd]
+    try:
+        with torch.no_grad():
+            img = model.get_image_features(pixel_values=pixels)
+            txt = model.get_text_features(input_ids=torch.as_tensor(ids, dtype=torch.long))
+    finally:
+        for h in handles:
+            h.remove()
+    return [getattr(x, "pooler_output", x).numpy() for x in (img, txt)]
+
+
+def test_an_imported_mma_checkpoint_gives_the_official_forwards_features(hf_tiny, tmp_path):
+    """Adapters from an official MMA file, on the same CLIP, give the features and logits of the official forward
+    (a torch reference with the adapters hooked into transformers' blocks): blocks, towers and the shared
+    projection land where the official code applies them."""
+    import jax.numpy as jnp
+
+    from aple_jax import interop, losses
+    from aple_jax.clip.backbone import Backbone
+    from aple_jax.clip.model import CLIP
+    from aple_jax.clip.tokenizer import Tokenizer
+    from aple_jax.methods import build_method
+
+    hf_tiny.save_pretrained(str(tmp_path / "hf"))
+    cfg, params = load_clip(str(tmp_path / "hf"))
+    g = torch.Generator().manual_seed(3)
+    sd = mma_state_dict(lambda *shape: 0.2 * torch.randn(*shape, generator=g))
+    path = save_official(str(tmp_path / "output"), "mma", sd)
+    scale = 0.5   # the recipe's 0.001 moves features by ~1e-3: too little to tell a misplaced adapter apart
+    method = build_method(config("mma", mma__scale=scale), Backbone(CLIP(cfg)), Tokenizer.builtin_tiny())
+    prompts = interop.load_prompts(path, method, jax.eval_shape(method.init, jax.random.key(0), params))
+    names = ["red circle", "green square", "blue triangle"]
+    texts = method.class_texts(params, names)
+    ids, _ = method.tokenizer.tokenize(method.eval_texts(names, ""), cfg.context_length)
+    pixels = torch.randn(3, 3, cfg.image_resolution, cfg.image_resolution, generator=g)
+    img = method.image_features(prompts, params, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1)))
+    txt = method.text_features(prompts, params, texts)
+    want_img, want_txt = mma_reference(hf_tiny, sd, scale, pixels, ids)
+    plain_img, plain_txt = mma_reference(hf_tiny, {}, scale, pixels, ids)
+    logit_scale = float(np.exp(hf_tiny.logit_scale.item()))
+    want = losses.cosine_logits(logit_scale, jnp.asarray(want_img), jnp.asarray(want_txt))
+    got = losses.cosine_logits(method.backbone.logit_scale(params), img, txt)
+    for name, ours, theirs, plain in (("image", img, want_img, plain_img), ("text", txt, want_txt, plain_txt)):
+        assert np.linalg.norm(theirs - plain) > 1e-2 * np.linalg.norm(plain), name   # the adapters matter
+        np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
 
 
 def test_clip_shapes_are_openais_layout(openai_tiny):
@@ -243,11 +343,26 @@ def test_another_prompt_length_or_depth_is_refused(openai_tiny, tmp_path):
              r"image_encoder\.transformer\.resblocks\.1\.VPT_shallow")
 
 
+def test_mma_adapters_of_other_blocks_or_width_are_refused(tmp_path):
+    rnd = torch.randn
+    _refusal(tmp_path / "a", "mma", mma_state_dict(rnd, n_blocks=1, start=2), config("mma"),
+             r"MMA checkpoint\) does not fit this config: checkpoint mma\.start=2, config 1; missing \(10\): "
+             r"shared_adapter\.1\.0\.bias, .*text_adapter\.1\.down\.0\.weight, ")
+    _refusal(tmp_path / "b", "mma", mma_state_dict(rnd, n_blocks=3), config("mma"),
+             r"checkpoint mma\.end=3, config 2; unexpected \(10\): text_adapter\.3\.down\.0\.weight")
+    _refusal(tmp_path / "c", "mma", mma_state_dict(rnd, dim=16), config("mma"),
+             r"checkpoint mma\.dim=16, config 32; mis-shaped \(16\): text_adapter\.1\.down\.0\.weight "
+             r"\(16, 64\) \(expected \(32, 64\)\)")
+    _refusal(tmp_path / "d", "mma", mma_state_dict(rnd), config("maple"),
+             r"is a MMA checkpoint \(adapter_learner\), but this config's method is 'maple'")
+
+
 @pytest.mark.parametrize("method,key", [("maple", "prompt_learner.compound_prompt_projections.0.bias"),
                                         ("ivlp", "text_encoder.transformer.resblocks.1.VPT_shallow"),
                                         ("cocoop", "meta_net.linear2.weight"),
                                         ("promptsrc", "prompt_learner.ZS_image_encoder.ln_post.bias"),
-                                        ("maple", "text_encoder.ln_final.weight")])
+                                        ("maple", "text_encoder.ln_final.weight"),
+                                        ("mma", "shared_adapter.2.0.bias")])
 def test_a_missing_tensor_is_named(method, key, openai_tiny, tmp_path):
     sd = official_state_dict(method, openai_tiny)
     del sd[key]
@@ -256,7 +371,8 @@ def test_a_missing_tensor_is_named(method, key, openai_tiny, tmp_path):
 
 @pytest.mark.parametrize("method,key", [("maple", "prompt_learner.proj.weight"), ("coop", "ctx"),
                                         ("ivlp", "image_encoder.transformer.resblocks.0.attn.in_proj_weight"),
-                                        ("maple", "prompt_learner.token_suffix")])
+                                        ("maple", "prompt_learner.token_suffix"), ("mma", "visual_adapter.1.up.weight"),
+                                        ("mma", "token_embedding")])
 def test_a_misshaped_tensor_is_named(method, key, openai_tiny, tmp_path):
     sd = official_state_dict(method, openai_tiny)
     sd[key] = sd[key][..., :-1].clone()
@@ -470,3 +586,24 @@ def test_the_entry_points_print_one_error_line(tmp_path):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: method 'aple': APLe has no official PyTorch code"), proc.stderr
+
+
+@pytest.mark.slow
+def test_an_official_mma_checkpoint_evaluates_and_classifies_as_its_import(tmp_path):
+    """`eval_only_from=<official MMA file>` and `predict --from` it score as the imported prompts file."""
+    from aple_jax.predict import load_classifier
+    g = torch.Generator().manual_seed(4)
+    official = save_official(str(tmp_path / "output"), "mma",
+                             mma_state_dict(lambda *shape: 0.2 * torch.randn(*shape, generator=g)))
+    imported = str(tmp_path / "imported.npz")
+    import_checkpoint(official, tiny_config("mma", **SMALL), imported)
+    from_file = run(tiny_config("mma", eval_only_from=official, **SMALL), str(tmp_path / "a"))
+    from_npz = run(tiny_config("mma", eval_only_from=imported, **SMALL), str(tmp_path / "b"))
+    assert from_file["evals"] == from_npz["evals"] and from_file["num_train_images"] == 0
+    names = ["red circle", "green square", "blue triangle"]
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    probs = load_classifier(official, names, tiny_config("mma")).predict(list(images))
+    np.testing.assert_array_equal(probs, load_classifier(imported, names).predict(list(images)))
+    with pytest.raises(CheckpointError, match=r"official checkpoint of another method/prompt shape \(mma\.end: "
+                                              r"checkpoint 2, now 1\)"):
+        run(tiny_config("mma", eval_only_from=official, mma__end=1, **SMALL), str(tmp_path / "c"))

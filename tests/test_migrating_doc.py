@@ -46,12 +46,13 @@ def world(tmp_path_factory):
         for seed in (1, 2, 3):
             sd = official_state_dict("maple", clip, seed=10 * i + seed)
             save_official(str(root / "released" / RELEASED_DIR.format(name, seed)), "maple", sd)
+    save_official(str(root / "mma_output"), "mma", official_state_dict("mma", clip, seed=7))
     cwd = root / "cwd"
     cwd.mkdir()
     for name in ("configs", "launch.py"):
         os.symlink(os.path.join(REPO, name), cwd / name)
     env = dict(os.environ, PYTHONPATH=REPO, DATA=data, RELEASED=str(root / "released"),
-               OUT=str(root / "released" / RELEASED_DIR.format("oxford_pets", 1)),
+               OUT=str(root / "released" / RELEASED_DIR.format("oxford_pets", 1)), MMA_OUT=str(root / "mma_output"),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], JAX_PLATFORMS="cpu")
     return cwd, env
 
@@ -74,7 +75,7 @@ def test_every_command_of_the_migration_guide_runs(world):
     cwd, env = world
     with open(DOC) as f:
         commands = doc_commands(f.read())
-    assert len(commands) == 11 and all(c.startswith("python ") and "weights=$W" in c for c in commands[:4])
+    assert len(commands) == 14 and all(c.startswith("python ") and "weights=$W" in c for c in commands[:4])
     outputs = []
     for command in commands:
         shrunk = command
@@ -99,3 +100,7 @@ def test_every_command_of_the_migration_guide_runs(world):
     for method in ("clip_lora", "twostage", "mma"):   # CLIP-LoRA, 2SFS and MMA as their users run them
         result = json.loads((cwd / "runs" / method / "dtd" / "seed1" / "results.json").read_text())
         assert result["method"] == method and result["evals"]
+    official = json.loads((cwd / "runs" / "mma-official" / "dtd" / "seed1" / "results.json").read_text())
+    assert official["method"] == "mma" and official["num_train_images"] == 0
+    assert "(mma, epoch 5) -> mma-prompts.npz" in outputs[12]
+    assert (cwd / "exported-mma" / "adapter_learner" / "model.pth.tar-5").exists()

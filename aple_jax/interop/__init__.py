@@ -1,4 +1,4 @@
-"""Official PyTorch prompt checkpoints (Dassl `model.pth.tar-N` of CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC)
+"""Official PyTorch prompt checkpoints (Dassl `model.pth.tar-N` of CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC, MMA)
 in and out: `import_prompts` and `export_prompts` are the entry points, docs/migrating.md the guide.
 
 torch is imported only when a checkpoint is read or written (`dassl.py`).

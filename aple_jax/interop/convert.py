@@ -20,7 +20,7 @@ from aple_jax.clip.model import CLIPConfig
 from aple_jax.errors import CheckpointError, ConfigError
 from aple_jax.interop import dassl
 from aple_jax.interop.mapping import (COMPATIBLE, DISPLAY, KGCOOP_FROZEN, MODEL_NAMES, NOT_SUPPORTED, SUPPORTED,
-                                      buffer_keys, detect_method, frozen_keys, official_key, prompt_shape)
+                                      buffers, detect_method, frozen_keys, official_key, prompt_shape)
 
 MAX_LISTED = 12
 
@@ -106,8 +106,7 @@ def _problems(sd: Mapping[str, np.ndarray], method: str, expected: Mapping[str, 
               backbone: CLIPConfig, n_ctx: int) -> list[str]:
     """Missing, unexpected and mis-shaped tensors of a state dict, as message parts."""
     frozen = frozen_keys(method, backbone)
-    prefix, suffix = buffer_keys(method)
-    fixed = {prefix: (1, backbone.text_width), suffix: (backbone.context_length - 1 - n_ctx, backbone.text_width)}
+    fixed = buffers(method, backbone, n_ctx)
     unexpected, misshaped = [], []
     present = {group: 0 for group, _ in frozen.values()}
     for key, value in sd.items():

@@ -1,7 +1,7 @@
 """Names of the official prompt checkpoints, per method: our prompt-tree leaves <-> Dassl state-dict keys.
 
 Read from the official trainers (CoOp, CoCoOp: KaiyangZhou/CoOp; KgCoOp: htyao89/KgCoOp; MaPLe, IVLP:
-muzairkhattak/multimodal-prompt-learning; PromptSRC: muzairkhattak/PromptSRC):
+muzairkhattak/multimodal-prompt-learning; PromptSRC: muzairkhattak/PromptSRC; MMA: ZjjConan/Multi-Modal-Adapter):
 - CoOp, CoCoOp and KgCoOp register the prompt learner alone: bare names (`ctx`, `meta_net.linear1.weight`).
 - MaPLe, IVLP and PromptSRC register the whole CustomCLIP: `prompt_learner.*`, `image_encoder.*` (OpenAI's
   `visual.*`), `text_encoder.*` (OpenAI's text tower without `token_embedding`) and `logit_scale`.
@@ -9,6 +9,10 @@ muzairkhattak/multimodal-prompt-learning; PromptSRC: muzairkhattak/PromptSRC):
   both for layer k + 1 (our `text/deep_{k+1}`, `coupling/proj_{k+1}`); the layer-0 coupling is `proj`.
 - IVLP/PromptSRC's deep prompts are `resblocks.{i}.VPT_shallow`, for layer i (our `deep_{i}`); the layer-0 vision
   prompts are `image_encoder.VPT`.
+- MMA registers its `AdapterLearner` alone (`adapter_learner`): `{text,visual}_adapter.{l}.down.0` (Linear + ReLU),
+  `{text,visual}_adapter.{l}.up` and `shared_adapter.{l}.0` (Linear + ReLU), for block l counted from 1 (the
+  blocks' `layer_index`; index 0, the token-embedding adapter, is built only when ADAPTER_START is 0), i.e. our
+  `{text,vision,shared}/block_{l-1}`; buffers `token_embedding` (classes, context, width) and `tokenized_prompts`.
 - `nn.Linear` weights are (out, in): our kernels are their transpose.
 """
 from __future__ import annotations
@@ -19,13 +23,14 @@ from typing import Iterable, Mapping
 
 from aple_jax.clip.model import CLIPConfig
 
-SUPPORTED = ("coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc")
+SUPPORTED = ("coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc", "mma")
 # The name each official trainer registers its model under: `<output>/<ModelName>/model.pth.tar-<epoch>`.
 MODEL_NAMES = {"coop": "prompt_learner", "kgcoop": "prompt_learner", "cocoop": "prompt_learner",
-               "maple": "MultiModalPromptLearner", "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner"}
+               "maple": "MultiModalPromptLearner", "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner",
+               "mma": "adapter_learner"}
 WHOLE_MODEL = ("maple", "ivlp", "promptsrc")
 DISPLAY = {"coop": "CoOp", "kgcoop": "KgCoOp", "cocoop": "CoCoOp", "maple": "MaPLe", "ivlp": "IVLP",
-           "promptsrc": "PromptSRC", "aple": "APLe", "zeroshot": "zero-shot CLIP"}
+           "promptsrc": "PromptSRC", "mma": "MMA", "aple": "APLe", "zeroshot": "zero-shot CLIP"}
 NOT_SUPPORTED = {
     "aple": "APLe has no official PyTorch code, so there is no official checkpoint format to read or write; its "
             "prompts live in prompts.npz",
@@ -47,6 +52,14 @@ _VLP = (Rule("text/ctx", "prompt_learner.ctx"),
         Rule(r"text/deep_(\d+)", "text_encoder.transformer.resblocks.{}.VPT_shallow"),
         Rule("vision/shallow", "image_encoder.VPT"),
         Rule(r"vision/deep_(\d+)", "image_encoder.transformer.resblocks.{}.VPT_shallow"))
+_MMA_TOWERS = (("text", "text_adapter"), ("vision", "visual_adapter"))
+_MMA = tuple(Rule(rf"{ours}/block_(\d+)/{part}/{leaf}", f"{theirs}.{{}}.{name}.{leaf.replace('kernel', 'weight')}",
+                  shift=1, linear=leaf == "kernel")
+             for ours, theirs in _MMA_TOWERS for part, name in (("down", "down.0"), ("up", "up"))
+             for leaf in ("kernel", "bias")) + tuple(
+    Rule(rf"shared/block_(\d+)/{leaf}", f"shared_adapter.{{}}.0.{leaf.replace('kernel', 'weight')}", shift=1,
+         linear=leaf == "kernel") for leaf in ("kernel", "bias"))
+MMA_PREFIXES = ("text_adapter.", "visual_adapter.", "shared_adapter.")
 RULES: dict[str, tuple[Rule, ...]] = {
     "coop": _PROMPT_LEARNER_CTX,
     "kgcoop": _PROMPT_LEARNER_CTX,
@@ -62,6 +75,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
                    shift=-1)),
     "ivlp": _VLP,
     "promptsrc": _VLP,
+    "mma": _MMA,
 }
 
 
@@ -74,10 +88,14 @@ def official_key(method: str, path: str) -> tuple[str, bool]:
     raise KeyError(f"{DISPLAY[method]} has no official counterpart of our prompt leaf {path!r}")
 
 
-def buffer_keys(method: str) -> tuple[str, str]:
-    """The fixed token buffers the official `load_model` deletes before loading."""
+def buffers(method: str, cfg: CLIPConfig, n_ctx: int) -> dict[str, tuple[int, ...]]:
+    """{key: shape after the leading class axis} of the fixed token buffers the official `load_model` deletes before
+    loading (rebuilt from the class names; any number of classes)."""
+    if method == "mma":
+        return {"token_embedding": (cfg.context_length, cfg.text_width), "tokenized_prompts": (cfg.context_length,)}
     prefix = "prompt_learner." if method in WHOLE_MODEL else ""
-    return f"{prefix}token_prefix", f"{prefix}token_suffix"
+    return {f"{prefix}token_prefix": (1, cfg.text_width),
+            f"{prefix}token_suffix": (cfg.context_length - 1 - n_ctx, cfg.text_width)}
 
 
 # KgCoOp's prompt learner also saves a frozen, unused `bias_vectors` (1, 512) and `meta_net` Linear(512, 512),
@@ -92,6 +110,8 @@ def detect_method(keys: Iterable[str]) -> str | None:
     A file with `ctx` alone is "coop", one with IVLP's prompts alone "ivlp": see COMPATIBLE.
     """
     keys = set(keys)
+    if any(k.startswith(MMA_PREFIXES) for k in keys):
+        return "mma"
     if any(k.startswith(ZS_PREFIX) for k in keys):
         return "promptsrc"
     if "prompt_learner.proj.weight" in keys or any(k.startswith("prompt_learner.compound_prompt") for k in keys):
@@ -127,8 +147,20 @@ def prompt_shape(method: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str
             shapes, r"image_encoder\.transformer\.resblocks\.\d+\.VPT_shallow")
         if has_vpt:
             out["prompts.vision.n_ctx"] = shapes["image_encoder.VPT"][0]
+    elif method == "mma":
+        out.update(_mma_shape(shapes))
     else:
         out.update({"prompts.text.depth": 1, "prompts.vision.depth": 0})
+    return out
+
+
+def _mma_shape(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """`mma.start`, `mma.end` (the adapted blocks, from 1) and `mma.dim` of an MMA state dict."""
+    blocks = sorted({int(m.group(1)) for k in shapes for m in [re.fullmatch(r"\w+_adapter\.(\d+)\..+", k)] if m})
+    out = {"mma.start": blocks[0], "mma.end": blocks[-1]} if blocks else {}
+    down = [shape[0] for k, shape in shapes.items() if re.fullmatch(r"(text|visual)_adapter\.\d+\.down\.0\.weight", k)]
+    if down:
+        out["mma.dim"] = down[0]
     return out
 
 
