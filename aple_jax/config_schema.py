@@ -102,6 +102,11 @@ RANGES: dict[str, tuple[Check, str]] = {
     "mma.scale": (_positive, "a finite number > 0"),
     "twostage.iterations_per_shot": (_int_at_least(0), "an integer >= 0 (0: optim.epochs per stage)"),
     "twostage.stage1_fraction": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "mmrl.start": (_int_at_least(1), "an integer >= 1 (the first block with tokens, counted from 1)"),
+    "mmrl.n_tokens": (_int_at_least(1), "an integer >= 1"),
+    "mmrl.rep_dim": (_int_at_least(1), "an integer >= 1"),
+    "mmrl.alpha": (_unit, "a number in [0, 1]"),
+    "mmrl.reg_weight": (_non_negative, "a finite number >= 0"),
 }
 
 ENUMS: dict[str, tuple[str, ...]] = {
@@ -265,6 +270,11 @@ def _backbone(config: ml_collections.ConfigDict, check_paths: bool) -> Iterator[
     if config.method == "maple" and isinstance(text_depth, int) and text_depth > shape["vision_layers"]:
         yield (f"prompts.text.depth={text_depth}; MaPLe couples it to the {shape['vision_layers']}-layer vision "
                f"tower, so expected at most {shape['vision_layers']}")
+    layers = min(shape["text_layers"], shape["vision_layers"])
+    start = (config.get("mmrl") or {}).get("start") if config.method == "mmrl" else None
+    if isinstance(start, int) and start > layers:
+        yield (f"mmrl.start={start}; the {b.name} towers have {layers} blocks, so expected a block in 1..{layers} "
+               f"(ViT-B/16's recipe starts at 6 of 12)")
     n_ctx = p.text.n_ctx
     if text_depth and isinstance(n_ctx, int) and n_ctx + MIN_TEXT_TOKENS > shape["context_length"]:
         yield (f"prompts.text.n_ctx={n_ctx} leaves no room for a class name in the {b.name} text context of "

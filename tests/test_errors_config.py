@@ -99,12 +99,12 @@ BAD_VALUES = [
     ("stage1.granularity", "layer"), ("stage1.untrained_modality", "frozen"), ("stage1.trained_modality", "init"),
     ("stage2.loss", "kl"), ("stage1.feature_l1", (1.0,)), ("dataset.crop_scale", (0.5, 0.2)),
     ("pack_seeds", "1,x"), ("pack_seeds", "-1"), ("dataset.name", "Petz"), ("backbone.name", "ViT-X"),
-    ("dataset.root", "/nonexistent/data"),
+    ("dataset.root", "/nonexistent/data"), ("mmrl.alpha", 1.5), ("mmrl.reg_weight", -1.0), ("mmrl.n_tokens", 0),
 ]
 
 
 def _config(key, value):
-    c = tiny_config("cocoop" if key.startswith("cocoop.") else "aple")
+    c = tiny_config(key.split(".")[0] if key.startswith(("cocoop.", "mmrl.")) else "aple")
     *parents, last = key.split(".")
     node = c
     for p in parents:
@@ -114,8 +114,8 @@ def _config(key, value):
 
 
 def test_the_tiny_presets_of_every_method_pass():
-    from configs import aple, cocoop, coop, ivlp, kgcoop, maple, promptsrc, zeroshot
-    for m in (aple, cocoop, coop, ivlp, kgcoop, maple, promptsrc, zeroshot):
+    from configs import aple, cocoop, coop, ivlp, kgcoop, maple, mmrl, promptsrc, zeroshot
+    for m in (aple, cocoop, coop, ivlp, kgcoop, maple, mmrl, promptsrc, zeroshot):
         for arg in (None, "tiny", "demo", "xd", "dg"):
             config_schema.validate(m.get_config(arg))
 
@@ -131,6 +131,7 @@ def test_each_rule_names_its_key_and_value(key, value):
     ("prompts.vision.depth", 3, "vision tower has 2 layers"),
     ("prompts.text.depth", 3, "text tower has 2 layers"),
     ("prompts.text.n_ctx", 74, "no room for a class name"),
+    ("mmrl.start", 3, "towers have 2 blocks"),
 ])
 def test_cross_field_rules_against_the_backbone(key, value, needle):
     with pytest.raises(ConfigError, match=needle):

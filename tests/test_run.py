@@ -185,15 +185,18 @@ def test_phase_pattern_matching_no_leaf_is_named_before_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_packed_seeds_match_separate_runs(tmp_path):
+@pytest.mark.parametrize("method", ["ivlp", "mmrl"])
+def test_packed_seeds_match_separate_runs(tmp_path, method):
     small = dict(dataset__shots=4, batch_size=4, eval_batch_size=16, optim__epochs=2, log_every=2)
-    packed = run(tiny_config("ivlp", pack_seeds="1,2", **small), str(tmp_path / "packed"))
+    packed = run(tiny_config(method, pack_seeds="1,2", **small), str(tmp_path / "packed"))
     assert [r["seed"] for r in packed] == [1, 2] and all(r["packed_seeds"] == 2 for r in packed)
     for seed in (1, 2):
-        alone = run(tiny_config("ivlp", seed=seed, **small), str(tmp_path / f"alone{seed}"))
+        alone = run(tiny_config(method, seed=seed, **small), str(tmp_path / f"alone{seed}"))
         a, b = _prompts(tmp_path / "packed" / f"seed{seed}"), _prompts(tmp_path / f"alone{seed}")
+        # Adam's steps (MMRL) divide by the gradient's running RMS: rounding of near-zero gradients moves further.
+        tol = 1e-3 if method == "mmrl" else 1e-5   # seen: 2.7e-4 after 10 steps, losses equal to 3e-6
         for key in a:
-            assert np.linalg.norm(a[key] - b[key]) <= 1e-5 * np.linalg.norm(b[key]), key
+            assert np.linalg.norm(a[key] - b[key]) <= tol * np.linalg.norm(b[key]), key
         assert json.load(open(tmp_path / "packed" / f"seed{seed}" / "config.json")) == \
             json.load(open(tmp_path / f"alone{seed}" / "config.json"))
         assert alone["evals"]["base"]["num_examples"] == packed[seed - 1]["evals"]["base"]["num_examples"]

@@ -11,6 +11,7 @@ from aple_jax.methods.clip_lora import CLIPLoRA
 from aple_jax.methods.cocoop import CoCoOp
 from aple_jax.methods.maple import MaPLe
 from aple_jax.methods.mma import MMA
+from aple_jax.methods.mmrl import MMRL
 from aple_jax.methods.twostage import TwoStage
 from aple_jax.methods.zeroshot import ZeroShot
 
@@ -26,6 +27,7 @@ METHODS: dict[str, type[Method]] = {
     "clip_lora": CLIPLoRA,
     "mma": MMA,
     "twostage": TwoStage,
+    "mmrl": MMRL,
 }
 
 
