@@ -5,9 +5,15 @@
     python benchmarks/train_step.py --methods ivlp --classes 100 --pack 3    # 3 packed seeds vs 3 separate steps
     python benchmarks/train_step.py --methods cocoop --classes 100,1000 --batches 1,4 --dtype bfloat16 --remat
     python benchmarks/train_step.py --methods aple --classes 1000 --teacher-images cached   # APLe's teacher cache
+    python benchmarks/train_step.py --lora-overhead --classes 100      # what CLIP-LoRA's x-path adds to a step
 
 With batch 1 and B in `--batches`, the last column compares one step at batch B with B steps at batch 1 (below 1x:
 batching pays). `--cocoop-pass` sets CoCoOp's `cocoop.prompts_per_pass` (prompts per text-tower pass; 0: all at once).
+
+`--lora-overhead` times, taking turns, CLIP-LoRA's recipe step (q, k, v of every block of both towers), the same
+without dropout, the same with LoRA on one matrix per tower (block 0's query: the whole backward through both
+towers, nothing else touched) and one merge pass `W + s B A` over the recipe's touched matrices, with XLA's FLOP
+and byte counts of each: the x-path's extra cost beside the price of merging.
 
 Memory is XLA's own account of the compiled step (arguments + outputs + temporaries - aliased), the peak the
 program needs on any backend; time is the median wall time of jitted steps after a warm-up step. The batch sizes of
@@ -28,11 +34,13 @@ import numpy as np
 
 sys.path.insert(0, ".")
 
+from aple_jax import prompts as P  # noqa: E402
 from aple_jax import sharding, train  # noqa: E402
 from aple_jax.clip import model as clip_model  # noqa: E402
 from aple_jax.clip.backbone import DTYPES, Backbone  # noqa: E402
 from aple_jax.clip.tokenizer import Tokenizer  # noqa: E402
 from aple_jax.methods import build_method  # noqa: E402
+from aple_jax.methods.twostage import TOWER_PATHS  # noqa: E402
 
 METHODS = ("aple", "ivlp", "coop", "kgcoop", "cocoop", "maple", "promptsrc", "clip_lora", "mma", "twostage")
 
@@ -41,7 +49,8 @@ def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, 
                config_arg: str = "", overrides: dict[str, Any] | None = None):
     """(jitted step, args) for one phase of one method with `classes` class prompts (`pack` seeds in one step)."""
     config = importlib.import_module(f"configs.{name}").get_config(config_arg)
-    config.update_from_flattened_dict(overrides or {})
+    with config.ignore_type():   # e.g. lora.layers: "all" or a list of blocks
+        config.update_from_flattened_dict(overrides or {})
     method = build_method(config, backbone, Tokenizer.builtin_tiny())
     classnames = [f"class {i}" for i in range(classes)]
     prompts = method.init(jax.random.key(0), params, classnames)
@@ -68,26 +77,75 @@ def step_setup(backbone: Backbone, params, name: str, classes: int, batch: int, 
 
 
 def measure_interleaved(setups: list[tuple[Any, tuple]], repeats: int, budget_s: float) -> list[dict[str, float]]:
-    """Peak memory and median step time of each (step, args); the programs take turns, one step each per round,
-    so that a drift in the machine's speed (a shared host) cancels out of the ratios between them."""
-    out, states = [], []
+    """Peak memory, XLA's FLOP and byte counts and median step time of each (step, args); the programs take turns,
+    one step each per round, so that a drift in the machine's speed (a shared host) cancels out of the ratios
+    between them. Each jitted step maps (state, *rest) to (state, metrics) and is compiled once; with `repeats` 0
+    none runs (memory and counts only)."""
+    out, states, programs = [], [], []
     for step, args in setups:
-        mem = step.lower(*args).compile().memory_analysis()
+        compiled = step.lower(*args).compile()
+        programs.append(compiled)
+        mem = compiled.memory_analysis()
         peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                 - mem.alias_size_in_bytes)
-        state, _ = step(args[0], *args[1:])
-        jax.block_until_ready(state)
-        states.append(state)
-        out.append({"peak_gb": peak / 1e9})
+        cost = compiled.cost_analysis() or {}
+        cost = cost[0] if isinstance(cost, list) else cost
+        if repeats:
+            state, _ = compiled(args[0], *args[1:])   # warm-up
+            states.append(jax.block_until_ready(state))
+        out.append({"peak_gb": peak / 1e9, "gflops": cost.get("flops", float("nan")) / 1e9,
+                    "gbytes": cost.get("bytes accessed", float("nan")) / 1e9})
     times: list[list[float]] = [[] for _ in setups]
     start = time.perf_counter()
     while len(times[0]) < repeats and (not times[0] or time.perf_counter() - start < budget_s):
-        for i, (step, args) in enumerate(setups):
+        for i, (compiled, (_, args)) in enumerate(zip(programs, setups)):
             t0 = time.perf_counter()
-            states[i], metrics = step(states[i], *args[1:])
+            states[i], metrics = compiled(states[i], *args[1:])
             jax.block_until_ready(metrics)
             times[i].append(time.perf_counter() - t0)
-    return [{"step_s": statistics.median(t), **o, "runs": len(t)} for t, o in zip(times, out)]
+    return [{"step_s": statistics.median(t) if t else float("nan"), **o, "runs": len(t)}
+            for t, o in zip(times, out)]
+
+
+LORA_MINIMAL = {"lora.layers": [0], "lora.matrices": ("query",)}   # one matrix per tower, at the bottom
+
+
+def merge_pass(backbone: Backbone, params, name: str) -> tuple[Any, tuple]:
+    """(jitted merge, args) shaped like a step: (frozen, factors) -> (`W + s B A` for every matrix the recipe of
+    `name` touches, as a merged LoRA computes in each step, one of its entries)."""
+    config = importlib.import_module(f"configs.{name}").get_config("")
+    method = build_method(config, backbone, Tokenizer.builtin_tiny())
+    prompts = method.init(jax.random.key(0), params, [])
+    flat = P.flatten(params)
+    touched = [(f"{TOWER_PATHS[tower]}/resblocks.{block.removeprefix('block_')}/attn/{matrix}/kernel", ab)
+               for tower, blocks in prompts.items() for block, matrices in blocks.items()
+               for matrix, ab in matrices.items()]
+    frozen, factors = [flat[path] for path, _ in touched], [ab for _, ab in touched]
+
+    @jax.jit
+    def merge(frozen, factors):
+        merged = [w + method.scale * (f["b"] @ f["a"]).T.reshape(w.shape) for w, f in zip(frozen, factors)]
+        return merged, merged[-1].ravel()[0]
+
+    return merge, (frozen, factors)
+
+
+def lora_overhead(backbone: Backbone, params, classes: int, batch: int, repeats: int, budget: float) -> None:
+    """CLIP-LoRA's step beside the same step without dropout, with LoRA on one matrix per tower, and one merge pass
+    over its touched matrices: time, peak memory and XLA's counts."""
+    variants = [("recipe: q, k, v of every block, both towers", {}), ("recipe, dropout 0", {"lora.dropout": 0.0}),
+                ("block 0 query per tower only", LORA_MINIMAL), ("block 0 query, dropout 0",
+                                                                 {**LORA_MINIMAL, "lora.dropout": 0.0})]
+    setups = [step_setup(backbone, params, "clip_lora", classes, batch, 0, overrides=o)[:2] for _, o in variants]
+    merge, merge_args = merge_pass(backbone, params, "clip_lora")
+    results = measure_interleaved(setups + [(merge, merge_args)], repeats, budget)
+    touched = sum(w.size for w in merge_args[0])
+    print(f"\nCLIP-LoRA at C = {classes}, batch {batch}; the recipe touches {len(merge_args[0])} matrices, "
+          f"{touched / 1e6:.1f} M weights ({4 * touched / 1e6:.0f} MB in fp32)\n")
+    print("| step | time (s) | peak memory (GB) | XLA GFLOP | XLA GB accessed |\n|---|---:|---:|---:|---:|")
+    for (label, _), r in zip(variants + [("one merge pass W + s B A over the touched matrices", {})], results):
+        print(f"| {label} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | {r['gflops']:.1f} | {r['gbytes']:.2f} |",
+              flush=True)
 
 
 def report_row(name: str, phase: str, classes: int, batches: list[int], pack: int,
@@ -102,14 +160,34 @@ def report_row(name: str, phase: str, classes: int, batches: list[int], pack: in
             r["vs_batch1"] = r["step_s"] / (batch * single)
             vs = f"{r['vs_batch1']:.2f}x of {batch * single:.3f} s"
         rows.append({"method": name, "phase": phase, "classes": classes, "batch": batch, **r})
-        print(f"| {name} | {phase} | {classes} | {batch} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | {vs} |",
-              flush=True)
+        print(f"| {name} | {phase} | {classes} | {batch} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | "
+              f"{r['gflops']:.0f} | {vs} |", flush=True)
         if pack > 1:
             p = results[(batch, pack)]
             rows.append({"method": name, "phase": phase, "classes": classes, "batch": batch, "packed": pack, **p})
             print(f"| {name} | {phase}, {pack} seeds packed: {p['step_s'] / pack:.3f} s per seed "
                   f"({r['step_s'] / (p['step_s'] / pack):.2f}x) | {classes} | {batch} | {p['step_s']:.3f} | "
                   f"{p['peak_gb']:.2f} | |", flush=True)
+    return rows
+
+
+def interleaved_methods(backbone: Backbone, params, args: argparse.Namespace, batch: int,
+                        config_arg: str) -> list[dict[str, Any]]:
+    """Every method and phase at each C, taking turns step by step, so that the ratios between methods are not
+    skewed by a shared machine's speed drifting during the run."""
+    rows = []
+    overrides = {"teacher.images": args.teacher_images}
+    for classes in map(int, args.classes.split(",")):
+        setups = []
+        for name in args.methods.split(","):
+            config = importlib.import_module(f"configs.{name}").get_config(config_arg)
+            for index in range(len(build_method(config, backbone, Tokenizer.builtin_tiny()).phases())):
+                setups.append((name, step_setup(backbone, params, name, classes, batch, index, 1, config_arg,
+                                                overrides)))
+        results = measure_interleaved([s[:2] for _, s in setups], args.repeats, args.budget)
+        for (name, setup), r in zip(setups, results):
+            rows += report_row(name, setup[2], classes, [batch], 1, {(batch, 1): r})
+        del setups
     return rows
 
 
@@ -128,6 +206,10 @@ def main() -> None:
                     help="cocoop.prompts_per_pass (default: the config's)")
     ap.add_argument("--teacher-images", default="augmented", choices=("augmented", "cached"),
                     help="teacher.images: the zero-shot teacher's image forward per step, or a per-image cache")
+    ap.add_argument("--lora-overhead", action="store_true",
+                    help="CLIP-LoRA's x-path against one matrix per tower and a merge pass (first of --classes/--batches)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="all methods and phases of one C take turns step by step (first of --batches)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     cfg = clip_model.get_config(args.backbone)
@@ -135,13 +217,18 @@ def main() -> None:
     params = clip_model.init_params(cfg)
     batches = sorted(set(map(int, args.batches.split(","))))
     config_arg = "tiny" if args.backbone == "tiny" else ""   # the tiny preset keeps prompt depths within its towers
+    if args.lora_overhead:
+        lora_overhead(backbone, params, int(args.classes.split(",")[0]), batches[0], args.repeats, args.budget)
+        return
     rows = []
     print(f"{args.backbone}, {args.dtype}{', remat' if args.remat else ''}, batches {batches}, "
           f"teacher images {args.teacher_images}, "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)\n")
-    print("| method | phase | C | batch | step (s) | peak memory (GB) | vs B steps at batch 1 |\n"
-          "|---|---|---|---|---|---|---|")
-    for name in args.methods.split(","):
+    print("| method | phase | C | batch | step (s) | peak memory (GB) | XLA GFLOP | vs B steps at batch 1 |\n"
+          "|---|---|---|---|---|---|---|---|")
+    if args.interleave:
+        rows = interleaved_methods(backbone, params, args, batches[0], config_arg)
+    for name in [] if args.interleave else args.methods.split(","):
         config = importlib.import_module(f"configs.{name}").get_config(config_arg)
         n_phases = len(build_method(config, backbone, Tokenizer.builtin_tiny()).phases())
         chunked = name == "cocoop" and args.cocoop_pass is not None

@@ -24,6 +24,8 @@ SERIAL_SMOKES = {
     "determinism": ["benchmarks/determinism.py", "--cpu", "--backbone", "tiny", "--classes", "5", "--batch", "2",
                     "--steps", "2", "--timed", "2", "--json", "{out}/d.json"],
     "determinism_no_gpu": ["benchmarks/determinism.py"],
+    "lora_overhead": ["benchmarks/train_step.py", "--backbone", "tiny", "--lora-overhead", "--classes", "5",
+                      "--batches", "2", "--repeats", "1", "--budget", "1"],
 }
 
 
@@ -76,6 +78,14 @@ def test_train_step_benchmark_smoke(smokes):
     with open(tmp_path / "r.json") as f:
         rows = json.load(f)
     assert [r["batch"] for r in rows] == [1, 2] * 4 and "vs_batch1" in rows[1]   # cocoop, then aple's 3 phases
+
+
+@pytest.mark.slow
+def test_lora_overhead_benchmark_smoke(serial_smokes):
+    _, stdout, _ = _finished(serial_smokes, "lora_overhead")
+    assert "the recipe touches 12 matrices" in stdout   # q, k, v of the tiny CLIP's 2 blocks in 2 towers
+    rows = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| step")]
+    assert len(rows) == 5 and rows[-1].startswith("| one merge pass") and all(" nan " not in r for r in rows)
 
 
 @pytest.mark.slow
