@@ -177,6 +177,9 @@ def problems(config: ml_collections.ConfigDict, check_paths: bool = True) -> Ite
     plugin_problem = plugins.problem(flat.get("method", ""), flat.get("plugin", ""))
     if plugin_problem:
         yield plugin_problem
+    if flat.get("base_run") and not flat.get("plugin"):
+        yield (f"base_run={flat['base_run']!r} prints the base method beside a plug-in run; expected base_run='' "
+               f"without a plugin")
     known = known_keys(flat.get("method", ""), flat.get("plugin", ""))
     if known is not None:
         for key in sorted(set(flat) - set(known)):
@@ -210,7 +213,7 @@ def _loss_weights(flat: dict[str, Any]) -> Iterator[str]:
 
 
 # Every config key that holds a path (local or gs://).
-PATH_KEYS = ("dataset.root", "backbone.weights", "backbone.tokenizer", "eval_only_from")
+PATH_KEYS = ("dataset.root", "backbone.weights", "backbone.tokenizer", "eval_only_from", "base_run")
 
 
 def _paths(flat: dict[str, Any]) -> Iterator[str]:

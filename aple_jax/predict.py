@@ -138,6 +138,14 @@ def source_classnames(source: str) -> list[str]:
     raise ClassNamesError(f"--from {source} records no class names", hint="give --classes names.txt")
 
 
+def trained_classnames(source: str) -> list[str]:
+    """The classes a source was trained on (a tree with a row per class has one for each), or none it records."""
+    try:
+        return source_classnames(source)
+    except ClassNamesError:
+        return []
+
+
 def dataset_template(name: str) -> str:
     """The hand-crafted template of a config's dataset (what zero-shot CLIP's `dataset` templates use)."""
     if name.startswith("world:"):
@@ -303,7 +311,8 @@ def load_classifier(source: str, classnames: Sequence[str] | None = None,
     else:
         method = build_method(config, backbone, tokenizer)
         phases = train.scale_phases(method.phases(), config.optim.epoch_scale)
-        prompts = load_trained_prompts(source, method, phases, method.init(jax.random.key(config.seed), clip_params))
+        like = method.init(jax.random.key(config.seed), clip_params, trained_classnames(source))
+        prompts = load_trained_prompts(source, method, phases, like)
     return Classifier(method, sharding.replicate(prompts, mesh), clip_params, mesh,
                       dataset_template(config.dataset.name), batch_size=batch_size, num_workers=num_workers,
                       progress=progress).with_classes(names)

@@ -76,13 +76,28 @@ TRANSFER_TABLES = (
 
 def format_run(results: dict[str, Any] | list[dict[str, Any]]) -> str:
     """A Markdown table of one run's accuracies (and HM for base-to-novel); for packed seeds a row per seed, then
-    their mean ± sample std and 95% interval, and a line saying so."""
+    their mean ± sample std and 95% interval, and a line saying so; a plug-in run's base method (`base_run`) and
+    zero-shot CLIP (`zeroshot.compare`) below it."""
     runs = results if isinstance(results, list) else [results]
     names, with_hm = list(runs[0]["accuracy"]), "hm" in runs[0]
     header = "| method | dataset | seed | " + " | ".join(names) + (" | HM |" if with_hm else " |")
     rule = "|" + "---|" * (3 + len(names) + with_hm)
-    rows = [_row([r["method"], r["dataset"], str(r["seed"])], r["accuracy"], names, with_hm) for r in runs]
+    rows = _seed_rows(runs, names, with_hm)
+    if all("base_method" in r for r in runs):
+        rows += _seed_rows([r["base_method"] for r in runs], names, with_hm)
     note = []
+    if len(runs) > 1:
+        note = [f"\n{len(runs)} seeds: mean ± sample std (n-1); 95% interval of the mean (Student t)"
+                + ("; HM of the means" if with_hm else "")]
+    # the frozen-CLIP row of `zeroshot.compare` (the same test images for every seed)
+    rows += [_row(["zero-shot CLIP", r["dataset"], "-"], r["zero_shot"]["accuracy"], names, with_hm)
+             for r in runs[:1] if "zero_shot" in r]
+    return "\n".join([header, rule, *rows, *note])
+
+
+def _seed_rows(runs: list[dict[str, Any]], names: list[str], with_hm: bool) -> list[str]:
+    """A row per seed; for several, their mean ± sample std and 95% interval."""
+    rows = [_row([r["method"], r["dataset"], str(r["seed"])], r["accuracy"], names, with_hm) for r in runs]
     if len(runs) > 1:
         s = {n: stats.Stat.of([r["accuracy"][n] for r in runs]) for n in names}
         first = [runs[0]["method"], runs[0]["dataset"]]
@@ -91,12 +106,7 @@ def format_run(results: dict[str, Any] | list[dict[str, Any]]) -> str:
         rows.append("| " + " | ".join(first + ["95% interval"]
                                       + [f"[{s[n].ci95[0]:.2f}, {s[n].ci95[1]:.2f}]" for n in names]
                                       + (["–"] if with_hm else [])) + " |")
-        note = [f"\n{len(runs)} seeds: mean ± sample std (n-1); 95% interval of the mean (Student t)"
-                + ("; HM of the means" if with_hm else "")]
-    # the frozen-CLIP row of `zeroshot.compare` (the same test images for every seed)
-    rows += [_row(["zero-shot CLIP", r["dataset"], "-"], r["zero_shot"]["accuracy"], names, with_hm)
-             for r in runs[:1] if "zero_shot" in r]
-    return "\n".join([header, rule, *rows, *note])
+    return rows
 
 
 def _row(cells: list[str], accuracy: dict[str, float], names: list[str], with_hm: bool) -> str:

@@ -20,12 +20,14 @@ from aple_jax.errors import CheckpointError, ConfigError, Interrupted
 from aple_jax.methods import METHODS, build_method
 from aple_jax.methods.base import Method
 from aple_jax.methods.zeroshot import ZeroShot, template_text_features
+from aple_jax.plugins import base_rows
 from aple_jax.metrics import MetricWriter
 
 # Keys that change how a run executes but not what it computes: they may differ when a run resumes.
 # (eval_every_epoch is curve_points' former name: run directories whose config.json still holds it resume.)
 OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "curve_points", "eval_every_epoch",
-                    "distributed", "checkpoint_every_steps", "eval_only_from", "pack_seeds", "progress_every_seconds")
+                    "distributed", "checkpoint_every_steps", "eval_only_from", "pack_seeds", "progress_every_seconds",
+                    "base_run")
 # config.json's header keys beside the config: the environment that started the run (aple_jax.environment). A run
 # resumes in another environment; its results.json records both when they differ.
 HEADER_KEYS = ("environment",)
@@ -142,11 +144,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     config_schema.validate(config)   # before any weights, data or run directory is touched
     paths.check_dir(workdir, "--workdir")
     with paths.faults_named(workdir, "run in"):     # names the run for a storage fault no write site named
+        base = base_method_results(config, workdir, stop_at_step)
         if not config.pack_seeds:
-            return run_seeds([(config, workdir)], stop_at_step)[0]
-        seeds = [int(s) for s in str(config.pack_seeds).split(",") if s.strip()]
-        return run_seeds([(seed_config(config, s), str(paths.join(workdir, f"seed{s}"))) for s in seeds],
-                         stop_at_step)
+            results = run_seeds([(config, workdir)], stop_at_step)
+        else:
+            results = run_seeds([(seed_config(config, s), str(paths.join(workdir, f"seed{s}")))
+                                 for s in base_rows.seeds(config)], stop_at_step)
+        if base is not None:   # beside each seed's own results, not in its results.json
+            results = [{**r, "base_method": b} for r, b in zip(results, base)]
+        return results if config.pack_seeds else results[0]
+
+
+def base_method_results(config: ml_collections.ConfigDict, workdir: str,
+                        stop_at_step: int | None) -> list[dict[str, Any]] | None:
+    """With a plug-in and `base_run`, each seed's results of the base method (base_rows): trained first in
+    `<workdir>/base`, or read from a finished run directory; None otherwise."""
+    source = config.get("base_run", "")
+    if not (source and config.plugin):
+        return None
+    if source != base_rows.TRAIN:
+        return base_rows.read(config, source)
+    results = run(base_rows.base_config(config), str(paths.join(workdir, "base")), stop_at_step)
+    return results if isinstance(results, list) else [results]
 
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:

@@ -93,8 +93,8 @@ def setting_dir(c: ml_collections.ConfigDict) -> str:
 
 
 def run_dir(runs_dir: str, config_file: str, c: ml_collections.ConfigDict) -> str:
-    """RUNS_DIR/<config stem>[-<tag>]/<setting>/<dataset, as tables name it>/shots_<k>/seed<s>."""
-    name = _stem(config_file) + (f"-{c.tag}" if c.tag else "")
+    """RUNS_DIR/<config stem>[+<plugin>][-<tag>]/<setting>/<dataset, as tables name it>/shots_<k>/seed<s>."""
+    name = _stem(config_file) + (f"+{c.plugin}" if c.get("plugin") else "") + (f"-{c.tag}" if c.tag else "")
     return os.path.join(runs_dir, name, setting_dir(c), dataset_name(c.dataset.name), f"shots_{c.dataset.shots}",
                         f"seed{c.seed}")
 

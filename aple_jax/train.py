@@ -67,23 +67,39 @@ def learning_rate(phase: Phase, steps_per_epoch: int, optim: ml_collections.Conf
     return lambda count: by_epoch(count // steps_per_epoch)
 
 
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
 def decay_mask(no_decay: tuple[str, ...]) -> Callable[[P.Tree], P.Tree]:
     """Weight decay on every trained leaf but those whose path fully matches one of the `no_decay` regexes."""
     patterns = [re.compile(p) for p in no_decay]
 
     def mask(tree: P.Tree) -> P.Tree:
         def decays(path, _) -> bool:
-            name = "/".join(str(getattr(k, "key", k)) for k in path)
-            return not any(p.fullmatch(name) for p in patterns)
+            return not any(p.fullmatch(_path_name(path)) for p in patterns)
         return jax.tree_util.tree_map_with_path(decays, tree)
 
     return mask
 
 
+def scale_leaves(lr_scales: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
+    """Each update x the factor of the first `(regex, factor)` whose regex fully matches its leaf's path (else 1):
+    a learning rate of their own for those leaves (exact for SGD, Adam and AdamW, whose updates are linear in it)."""
+    patterns = [(re.compile(p), factor) for p, factor in lr_scales]
+
+    def factor(path) -> float:
+        return next((f for p, f in patterns if p.fullmatch(_path_name(path))), 1.0)
+
+    return optax.stateless(lambda updates, params=None: jax.tree_util.tree_map_with_path(
+        lambda path, u: u * factor(path), updates))
+
+
 def make_optimizer(phase: Phase, labels: P.Tree, steps_per_epoch: int,
                    optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The phase's optimizer on its leaves (the rest get no update and no state): SGD with momentum or Adam, with
-    PyTorch-style (coupled) weight decay, or AdamW's decoupled decay; `phase.optimizer` overrides `optim.name`."""
+    PyTorch-style (coupled) weight decay, or AdamW's decoupled decay; `phase.optimizer` overrides `optim.name`;
+    `phase.lr_scales` give some leaves a multiple of the rate (a PyTorch parameter group's lr)."""
     name = phase.optimizer or optim.get("name", "sgd")
     lr = learning_rate(phase, steps_per_epoch, optim)
     mask = decay_mask(tuple(optim.get("no_decay", ())))
@@ -97,6 +113,8 @@ def make_optimizer(phase: Phase, labels: P.Tree, steps_per_epoch: int,
         inner = optax.adamw(lr, b1, b2, eps, weight_decay=optim.weight_decay, mask=mask)
     else:
         raise ValueError(f"optimizer {name!r} (phase {phase.name!r}); expected one of {OPTIMIZERS}")
+    if phase.lr_scales:
+        inner = optax.chain(inner, scale_leaves(phase.lr_scales))
     return optax.partition({"train": inner, "freeze": optax.set_to_zero()}, labels)
 
 

@@ -66,6 +66,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.method = method
     c.tag = ""          # a free label that report.py uses to tell variants of one method apart
     c.plugin = ""       # an addition on top of the method (aple_jax/plugins): "dept", ...; rows "<method>+<plugin>"
+    # With a plug-in, the base method's rows printed beside the run's: "train" (the same seeds in <workdir>/base;
+    # `:demo` with a plug-in sets it) or a finished run directory of the base method; "": none.
+    c.base_run = ""
     c.seed = 1
     c.pack_seeds = ""   # "1,2,3": train these seeds together in one program, each in <workdir>/seed<s>
     c.setting = "base2new"
@@ -129,6 +132,8 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, **extra: Any) -> m
         c.setting = "all"
     if a.plugin:
         apply_plugin(c, a.plugin)
+        if a.demo:
+            c.base_run = "train"
     for key, field in (("dataset", "dataset.name"), ("data", "dataset.root"), ("backbone", "backbone.name"),
                        ("weights", "backbone.weights"), ("tokenizer", "backbone.tokenizer"), ("setting", "setting")):
         if a[key]:

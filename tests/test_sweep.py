@@ -49,6 +49,8 @@ def test_tags_transfer_and_overrides_in_dirs(tmp_path):
                                                                     "adapter.enabled=false"], str(tmp_path))
     assert tagged.workdir == os.path.join(tmp_path, "aple-ctx8", "base2new", "DTD", "shots_16", "seed1")
     assert tagged.config.prompts.text.n_ctx == 8 and tagged.config.adapter.enabled is False
+    (plugged,) = sweep.plan(["configs/aple.py"], ["DTD"], [1], "plugin=dept", ["tag=ctx8"], str(tmp_path))
+    assert plugged.workdir == os.path.join(tmp_path, "aple+dept-ctx8", "base2new", "DTD", "shots_16", "seed1")
     source = sweep.plan(["configs/maple.py"], [], [2], "dg", ["eval_only_from=runs/maple/xd/seed{seed}"], "r")[0]
     assert source.config.eval_only_from == "runs/maple/xd/seed2"
     assert source.command().endswith("--config.eval_only_from=runs/maple/xd/seed2")

@@ -41,6 +41,7 @@ class Phase:
     gpa: tuple[float, float] | None = None      # PromptSRC's Gaussian prompt aggregation (mean, std) over epochs
     optimizer: str = ""                         # "sgd", "adam" or "adamw"; "" for the config's optim.name
     iterations: int = 0                         # a budget in steps instead of epochs (resolved per dataset)
+    lr_scales: tuple[tuple[str, float], ...] = ()   # (path regex, factor): leaves with a learning rate x factor
 
     def __post_init__(self) -> None:
         if self.epochs < 1 and not self.iterations:
