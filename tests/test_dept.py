@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aple_jax import config_schema
 from aple_jax import losses as L
 from aple_jax import plugins
 from aple_jax import prompts as P
@@ -16,6 +17,7 @@ from aple_jax import train
 from aple_jax.clip import model as clip_model
 from aple_jax.clip.backbone import Backbone, load_backbone
 from aple_jax.clip.tokenizer import Tokenizer
+from aple_jax.errors import ConfigError
 from aple_jax.methods import build_method
 from aple_jax.plugins import dept
 from aple_jax.predict import load_classifier
@@ -73,6 +75,11 @@ def test_new_class_logits_are_the_base_methods_and_base_class_logits_are_fused(t
     fused = logits["base"](tree, images, plugged)
     np.testing.assert_allclose(fused, 0.3 * new_base + 0.7 * head, rtol=1e-5, atol=1e-5)
     assert not np.allclose(fused, new_base)
+
+
+def test_the_settings_are_checked(tiny):
+    with pytest.raises(ConfigError, match=r"dept.weight=1.5; expected a number in \[0, 1\].*dept.head_lr_scale=0"):
+        config_schema.validate(tiny_config("coop", arg="tiny,plugin=dept", dept__weight=1.5, dept__head_lr_scale=0))
 
 
 def test_each_phase_trains_the_head_with_the_mixed_losses_at_its_own_rate(tiny):
