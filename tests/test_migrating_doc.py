@@ -75,7 +75,7 @@ def test_every_command_of_the_migration_guide_runs(world):
     cwd, env = world
     with open(DOC) as f:
         commands = doc_commands(f.read())
-    assert len(commands) == 14 and all(c.startswith("python ") and "weights=$W" in c for c in commands[:4])
+    assert len(commands) == 15 and all(c.startswith("python ") and "weights=$W" in c for c in commands[:4])
     outputs = []
     for command in commands:
         shrunk = command
@@ -97,10 +97,10 @@ def test_every_command_of_the_migration_guide_runs(world):
     assert (cwd / "exported" / "MultiModalPromptLearner" / "model.pth.tar-4").exists()   # :tiny trains 4 epochs
     printed = [line for line in outputs[7].splitlines() if line.startswith("python launch.py")]
     assert len(printed) == 33
-    for method in ("clip_lora", "twostage", "mma"):   # CLIP-LoRA, 2SFS and MMA as their users run them
+    for method in ("clip_lora", "twostage", "mma", "mmrl"):   # CLIP-LoRA, 2SFS, MMA and MMRL as their users run them
         result = json.loads((cwd / "runs" / method / "dtd" / "seed1" / "results.json").read_text())
         assert result["method"] == method and result["evals"]
     official = json.loads((cwd / "runs" / "mma-official" / "dtd" / "seed1" / "results.json").read_text())
     assert official["method"] == "mma" and official["num_train_images"] == 0
-    assert "(mma, epoch 5) -> mma-prompts.npz" in outputs[12]
+    assert "(mma, epoch 5) -> mma-prompts.npz" in outputs[13]
     assert (cwd / "exported-mma" / "adapter_learner" / "model.pth.tar-5").exists()

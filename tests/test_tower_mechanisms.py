@@ -180,6 +180,21 @@ def test_vision_inserted_tokens_are_replaced_per_block_and_pooled_by_their_proje
                     method=CLIP.encode_image)
 
 
+def test_later_inserted_tokens_blend_with_their_previous_output_under_beta(params, images):
+    """MMRL++: before each block after the first, the tokens are beta * new + (1 - beta) * the last block's output."""
+    n, beta = 2, 0.25
+    tokens = list(0.3 * jax.random.normal(jax.random.key(10), (LAYERS - 1, n, CFG.vision_width)))
+    outs = block_outputs(params, images, M.TowerMods(inserted=tokens, inserted_from=1, inserted_beta=beta))
+    x = outs[-2]
+    x = jnp.concatenate([x[:, :1], beta * tokens[-1] + (1 - beta) * x[:, 1:1 + n], x[:, 1 + n:]], axis=1)
+    block = ResidualAttentionBlock(CFG.vision_heads, CFG.mlp_ratio, CFG.activation, False)
+    want = block.apply({"params": params["visual"]["transformer"][f"resblocks.{LAYERS - 1}"]}, x)
+    np.testing.assert_allclose(outs[-1], want, rtol=1e-5, atol=1e-5)
+    replaced = block_outputs(params, images, M.TowerMods(inserted=tokens, inserted_from=1))
+    assert not np.allclose(outs[-1], replaced[-1], atol=1e-4)
+    np.testing.assert_array_equal(outs[1], replaced[1])   # the first insertion does not blend
+
+
 # ------------------------------------------------------------------------------------------ split and optimizers
 
 class SplitProbe:

@@ -156,7 +156,8 @@ class Transformer(nn.Module):
             if 1 <= i <= n_deep:
                 x = replace(x, deep_prompts[i - 1].astype(x.dtype))
             if inserted and i >= mods.inserted_from:
-                x = _insert_after_first(x, inserted[i - mods.inserted_from], replace=i > mods.inserted_from)
+                x = _insert_after_first(x, inserted[i - mods.inserted_from], replace=i > mods.inserted_from,
+                                        beta=mods.inserted_beta)
             residual, projection = (None, None) if mods is None else mods.block_hooks(i)
             x = block_cls(self.num_heads, self.mlp_ratio, self.activation, self.causal, self.dtype,
                           name=f"resblocks.{i}")(x, residual, projection)
@@ -174,11 +175,15 @@ def _check_inserted(mods: TowerMods | None, layers: int) -> Sequence[Array] | No
     return mods.inserted
 
 
-def _insert_after_first(h: Array, tokens: Array, replace: bool) -> Array:
-    """Tokens (n, D) placed after the first token; `replace`: over the n tokens placed there before."""
+def _insert_after_first(h: Array, tokens: Array, replace: bool, beta: float = 1.0) -> Array:
+    """Tokens (n, D) placed after the first token; `replace`: over the n tokens placed there before, as
+    `beta * tokens + (1 - beta) * those` when `beta` is not 1."""
     n = tokens.shape[-2]
     rest = h[:, 1 + n:] if replace else h[:, 1:]
-    return jnp.concatenate([h[:, :1], _broadcast_rows(tokens, h.shape[0]).astype(h.dtype), rest], axis=1)
+    new = _broadcast_rows(tokens, h.shape[0]).astype(h.dtype)
+    if replace and beta != 1.0:
+        new = beta * new + (1.0 - beta) * h[:, 1:1 + n]
+    return jnp.concatenate([h[:, :1], new, rest], axis=1)
 
 
 def _broadcast_rows(prompt: Array, batch: int) -> Array:

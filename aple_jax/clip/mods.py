@@ -32,13 +32,15 @@ class TowerMods:
     - `inserted`: MMRL's representation tokens. `inserted[k]` (n, D) sits right after the first token (CLS or SOT)
       before block `inserted_from + k`: inserted before block `inserted_from`, replaced before each later one. The
       text tower pools the EOT token where it moved to (n places on); the vision tower also returns the mean of
-      `ln_post` of the inserted tokens through `inserted_proj` (width, embed_dim) as a second output.
+      `ln_post` of the inserted tokens through `inserted_proj` (width, embed_dim) as a second output. With
+      `inserted_beta` b != 1 (MMRL++) a later block's tokens are `b * inserted[k] + (1 - b) * their previous output`.
     """
     residual: Residual | None = None
     projection: ProjectionHook | None = None
     inserted: Sequence[Array] | None = None
     inserted_from: int = 0
     inserted_proj: Array | None = None
+    inserted_beta: float = 1.0
 
     def block_hooks(self, i: int) -> tuple[Callable | None, Callable | None]:
         """Block i's (residual, projection) hooks with the block index bound (static arguments of the block)."""
