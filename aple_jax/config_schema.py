@@ -107,6 +107,9 @@ RANGES: dict[str, tuple[Check, str]] = {
     "mmrl.rep_dim": (_int_at_least(1), "an integer >= 1"),
     "mmrl.alpha": (_unit, "a number in [0, 1]"),
     "mmrl.reg_weight": (_non_negative, "a finite number >= 0"),
+    "mmrl.beta": (_unit, "a number in [0, 1]"),
+    "mmrl.res_rank": (_int_at_least(1), "an integer >= 1"),
+    "mmrl.proj_rank": (_int_at_least(1), "an integer >= 1"),
     "dept.weight": (_unit, "a number in [0, 1] (the head's share of the loss and of the base-class logits)"),
     "dept.head_lr_scale": (_positive, "a finite number > 0"),
 }

@@ -21,6 +21,12 @@ REG_WEIGHT = {"StanfordCars": 7.0, "FGVCAircraft": 6.0, "SUN397": 6.0, "Describa
               "OxfordFlowers": 4.0, "UCF101": 3.0, "ImageNet": 0.5, "Caltech101": 0.5, "OxfordPets": 0.2,
               "EuroSAT": 0.01}
 REP_DIM = {"EuroSAT": 2048}
+# MMRL++ (`:plus`): the same file's (BETA, REG_WEIGHT) for B2N and FS, and ImageNet's as the cross-dataset source.
+PLUS_TABLE = {"ImageNet": (0.9, 0.2), "FGVCAircraft": (0.9, 2.0), "UCF101": (0.9, 3.0),
+              "DescribableTextures": (0.9, 7.0), "OxfordPets": (0.7, 0.01), "StanfordCars": (0.7, 6.0),
+              "Caltech101": (0.6, 3.0), "SUN397": (0.5, 3.0), "OxfordFlowers": (0.4, 7.0), "EuroSAT": (0.2, 0.01),
+              "Food101": (0.1, 1.0)}
+PLUS_TRANSFER_SOURCE = {"ImageNet": (0.9, 0.1)}
 
 
 def _dataset(name: str) -> str:
@@ -33,13 +39,18 @@ def _dataset(name: str) -> str:
 
 def get_config(arg=None):
     c = common.base_config("mmrl")
-    c.mmrl = dict(n_tokens=5, rep_dim=512, start=6, alpha=0.7, reg_weight=1.0)
+    # beta, res_rank, proj_rank: MMRL++ only (plus=True, the config argument `plus`).
+    c.mmrl = dict(n_tokens=5, rep_dim=512, start=6, alpha=0.7, reg_weight=1.0, plus=False, beta=0.9, res_rank=4,
+                  proj_rank=64)
     c.optim.update(name="adamw", lr=1e-3, epochs=10, weight_decay=5e-4, betas=(0.9, 0.999), warmup_epochs=1,
                    warmup_lr=1e-5)
     c.dataset.crop_scale = (0.5, 1.0)
     c.batch_size = 4
-    c = common.apply_args(c, arg)
-    a = common.parse_arg(arg, **common.COMMON_ARGS)
+    c = common.apply_args(c, arg, plus=False)
+    a = common.parse_arg(arg, **common.COMMON_ARGS, plus=False)
+    c.mmrl.plus = a.plus
+    if a.plus:
+        c.tag = c.tag or "plus"   # report rows: mmrl (plus)
     if a.tiny:
         c.mmrl.start = 1        # both blocks of the tiny CLIP: the replacement before a later block is exercised
         c.optim.lr = 5e-3       # the preset's SGD rate is too large for Adam
@@ -52,8 +63,15 @@ def get_config(arg=None):
     name = _dataset(c.dataset.name)
     if name == "ImageNet" and c.setting != "transfer":   # vit_b16_imagenet.yaml
         c.optim.epochs, c.batch_size, c.mmrl.reg_weight = 5, 32, 1.0
-    c.mmrl.reg_weight = REG_WEIGHT.get(name, c.mmrl.reg_weight)
-    c.mmrl.rep_dim = REP_DIM.get(name, c.mmrl.rep_dim)
+    if a.plus:
+        if c.setting == "all" and name != "ImageNet":    # MMRLpp/vit_b16_few_shot.yaml
+            c.optim.update(lr=2e-3, epochs=100)
+            c.mmrl.reg_weight = 1.0
+        table = PLUS_TRANSFER_SOURCE if c.setting == "transfer" else PLUS_TABLE
+        c.mmrl.beta, c.mmrl.reg_weight = table.get(name, (c.mmrl.beta, c.mmrl.reg_weight))
+    else:
+        c.mmrl.reg_weight = REG_WEIGHT.get(name, c.mmrl.reg_weight)
+        c.mmrl.rep_dim = REP_DIM.get(name, c.mmrl.rep_dim)
     if a.world or a.demo:
         # The world CLIP's blocks 3-4 of 4: ViT-B's 6-12 start at its middle and hold 7 of 12 blocks (2.3 of 4).
         c.mmrl.start = 3

@@ -41,6 +41,10 @@ def test_trainable_parameter_counts_at_vit_b16():
     mmrl = lambda rep_dim: 5 * rep_dim + 7 * (rep_dim * 512 + 512) + 7 * (rep_dim * 768 + 768) + 768 * 512
     assert _b16_count("mmrl") == mmrl(512) == 4_992_256
     assert _b16_count("mmrl", "dataset=EuroSAT") == mmrl(2048) == 18_762_496
+    # MMRL++: shared projection + 7 rank-4 residuals with biases per tower, CLIP's proj + a rank-64 residual
+    plus = 5 * 512 + (512 * 512 + 7 * (512 * 4 + 4 * 512 + 512)) + (512 * 768 + 7 * (768 * 4 + 4 * 512 + 768)) \
+        + 768 * 64 + 64 * 512
+    assert _b16_count("mmrl", "plus") == _b16_count("mmrl", "dataset=EuroSAT,plus") == plus == 813_312
 
 
 def train_steps(tiny, name: str, steps: int, **overrides):
@@ -178,7 +182,8 @@ def test_mmrl_recipe_and_tree(tiny):
     assert (c.optim.name, c.optim.lr, c.optim.epochs, c.optim.weight_decay, c.optim.warmup_epochs,
             c.optim.warmup_lr, c.batch_size, tuple(c.dataset.crop_scale)) == ("adamw", 1e-3, 10, 5e-4, 1, 1e-5, 4,
                                                                               (0.5, 1.0))
-    assert dict(c.mmrl) == dict(n_tokens=5, rep_dim=512, start=6, alpha=0.7, reg_weight=0.2)
+    assert dict(c.mmrl) == dict(n_tokens=5, rep_dim=512, start=6, alpha=0.7, reg_weight=0.2, plus=False, beta=0.9,
+                                res_rank=4, proj_rank=64)
     assert (mmrl.get_config("dataset=dtd").mmrl.reg_weight, mmrl.get_config("dataset=world:WorldScenes").mmrl
             .reg_weight) == (6.0, 1.0)
     euro = mmrl.get_config("dataset=EuroSAT")
@@ -262,3 +267,28 @@ def test_mmrl_loss_is_weighted_ce_on_both_logits_plus_cosine_regularisers_to_fro
     assert min(float(m["reg_image"]), float(m["reg_text"]), float(m["ce_rep"])) > 0
     np.testing.assert_allclose(total, 0.7 * m["ce"] + 0.3 * m["ce_rep"] + 2.0 * (m["reg_image"] + m["reg_text"]),
                                rtol=1e-6)
+
+
+def test_mmrl_plus_recipe_tree_and_learning(tiny):
+    """MMRL++: blended tokens, shared projection plus zero residuals (every block starts with the same tokens),
+    CLIP's own proj for the representation features at the start; it learns and leaves CLIP bit-identical."""
+    from configs import mmrl
+    c = mmrl.get_config("dataset=OxfordPets,plus")
+    assert (c.mmrl.plus, c.mmrl.beta, c.mmrl.reg_weight, c.mmrl.rep_dim, c.mmrl.res_rank, c.mmrl.proj_rank,
+            c.tag) == (True, 0.7, 0.01, 512, 4, 64, "plus")
+    few = mmrl.get_config("dataset=dtd,fewshot,plus")
+    assert (few.optim.lr, few.optim.epochs, few.batch_size, few.mmrl.beta, few.mmrl.reg_weight) == (2e-3, 100, 32,
+                                                                                                     0.9, 7.0)
+    xd = mmrl.get_config("xd,plus")
+    assert (xd.mmrl.beta, xd.mmrl.reg_weight, xd.optim.epochs) == (0.9, 0.1, 1)
+    backbone, params, _ = tiny
+    method, tree, _ = _mmrl(tiny, mmrl__plus=True, mmrl__beta=0.5)
+    mods = method.mods(tree, params, "vision", ("text", "vision"))
+    assert mods.inserted_beta == 0.5
+    np.testing.assert_array_equal(mods.inserted_proj, params["visual"]["proj"]["kernel"])
+    np.testing.assert_array_equal(mods.inserted[0], mods.inserted[1])
+    ces, before, after, frozen_before, params = train_steps(tiny, "mmrl", 20, mmrl__plus=True, mmrl__beta=0.5)
+    assert ces[-1] < 0.8 * ces[0], ces
+    jax.tree.map(np.testing.assert_array_equal, params, frozen_before)
+    moved = {p: not np.array_equal(P.flatten(after)[p], P.flatten(before)[p]) for p in P.flatten(after)}
+    assert all(moved.values()), [p for p, m in moved.items() if not m]

@@ -19,6 +19,11 @@ Trainable leaves and the official state_dict keys (prefix `representation_learne
 `rep_tokens` = `compound_rep_tokens`; `text/r2tproj_{k}/kernel` = `compound_rep_tokens_r2tproj.{k}.weight`
 transposed, `/bias` = `.bias`; `vision/r2vproj_{k}/...` likewise for `compound_rep_tokens_r2vproj.{k}`;
 `vision/proj_rep` = `image_encoder.proj_rep` (same layout). Projection k feeds block `start + k` (from 1).
+
+MMRL++ (`mmrl.plus`, `trainers/mmrlpp.py`, `clip/model_mmrlpp.py`): each later block's tokens are `beta * new +
+(1 - beta) * their previous output`; `text/srra/kernel` = `srra_r2tproj.weight` transposed and
+`text/srra_{k}/{a,b,bias}` = `srra_r2tproj.srra.{k}.{A,B,bias}` (likewise `vision/` for `srra_r2vproj`),
+`vision/proj_rep_{a,b}` = `image_encoder.{A,B}`.
 """
 from __future__ import annotations
 
@@ -37,6 +42,12 @@ from aple_jax.methods.base import MODALITIES, Method, Phase, TemplateTexts, loss
 from aple_jax.methods.maple import linear, torch_linear_init
 
 Array = jax.Array
+
+
+def _kaiming_uniform(rng: Array, shape: tuple[int, int]) -> Array:
+    """PyTorch's `kaiming_uniform_(a=sqrt(5))` of a (out, in) tensor: uniform in +-1/sqrt(in)."""
+    bound = shape[1] ** -0.5
+    return jax.random.uniform(rng, shape, jnp.float32, -bound, bound)
 
 
 class MMRL(TemplateTexts, Method):
@@ -61,11 +72,18 @@ class MMRL(TemplateTexts, Method):
         self.blocks = layers - self.first                  # how many blocks get a projection of them
         self.n_tokens, self.rep_dim = int(mc.n_tokens), int(mc.rep_dim)
         self.alpha, self.reg_weight = float(mc.alpha), float(mc.reg_weight)
+        self.plus = bool(mc.get("plus", False))
+        if self.plus and not (0 <= mc.beta <= 1 and mc.res_rank >= 1 and mc.proj_rank >= 1):
+            raise ValueError(f"MMRL++ needs mmrl.beta={mc.beta} in [0, 1], mmrl.res_rank={mc.res_rank} and "
+                             f"mmrl.proj_rank={mc.proj_rank} >= 1")
+        self.beta = float(mc.beta) if self.plus else 1.0
         # The split that scores the classes it trained on: base, all, or the transfer source (its dataset's name).
         self.fused_splits = ("base", "all", config.dataset.name)
 
     # ------------------------------------------------------------------------------------------------ the tree
     def init(self, rng: Array, clip_params: Any, classnames: Sequence[str] = ()) -> P.Tree:
+        if self.plus:
+            return self.init_plus(rng)
         cfg = self.backbone.cfg
         k_tok, k_txt, k_vis, k_proj = jax.random.split(rng, 4)
         r2t = torch_linear_init(k_txt, self.rep_dim, cfg.text_width)     # one layer per tower, cloned per block
@@ -79,25 +97,52 @@ class MMRL(TemplateTexts, Method):
                            k_proj, (cfg.vision_width, cfg.embed_dim), jnp.float32)},
         }
 
-    def mods(self, prompts: P.Tree, tower: str, present: tuple[str, ...]) -> TowerMods | None:
+    def init_plus(self, rng: Array) -> P.Tree:
+        """MMRL++: per tower one shared projection (`srra/kernel`) and per block a rank-r residual `a @ b` (a as
+        PyTorch's `kaiming_uniform_(a=sqrt(5))`, b zero) with its own bias (each a copy of the shared layer's);
+        the image representation projection is CLIP's `proj` plus a rank-64 `proj_rep_a @ proj_rep_b` (b zero)."""
+        cfg, mc = self.backbone.cfg, self.config.mmrl
+        k_tok, k_proj, *keys = jax.random.split(rng, 4 + 2 * self.blocks)
+        tree: P.Tree = {"rep_tokens": 0.02 * jax.random.normal(k_tok, (self.n_tokens, self.rep_dim), jnp.float32)}
+        for tower, width, k_base, k_blocks in (("text", cfg.text_width, keys[0], keys[2:2 + self.blocks]),
+                                               ("vision", cfg.vision_width, keys[1], keys[2 + self.blocks:])):
+            base = torch_linear_init(k_base, self.rep_dim, width)
+            tree[tower] = {"srra": {"kernel": base["kernel"]}}
+            for k, key in enumerate(k_blocks):
+                tree[tower][f"srra_{k}"] = {"a": _kaiming_uniform(key, (width, mc.res_rank)),
+                                            "b": jnp.zeros((mc.res_rank, self.rep_dim), jnp.float32),
+                                            "bias": jnp.copy(base["bias"])}
+        tree["vision"]["proj_rep_a"] = _kaiming_uniform(k_proj, (cfg.vision_width, mc.proj_rank))
+        tree["vision"]["proj_rep_b"] = jnp.zeros((mc.proj_rank, cfg.embed_dim), jnp.float32)
+        return tree
+
+    def mods(self, prompts: P.Tree, clip_params: Any, tower: str, present: tuple[str, ...]) -> TowerMods | None:
         """The tower's representation tokens per block (and, for the image tower, their pooling projection)."""
         if tower not in present or "rep_tokens" not in prompts:
             return None
         tokens, layers = prompts["rep_tokens"], prompts[tower]
-        name = "r2tproj" if tower == "text" else "r2vproj"
-        inserted = [linear(layers[f"{name}_{k}"], tokens) for k in range(self.blocks)]
-        return TowerMods(inserted=inserted, inserted_from=self.first,
-                         inserted_proj=layers["proj_rep"] if tower == "vision" else None)
+        if self.plus:   # F.linear(x, W + A_k B_k, bias_k), with our kernel = W^T
+            shared = layers["srra"]["kernel"]
+            inserted = [tokens @ (shared + (layers[f"srra_{k}"]["a"] @ layers[f"srra_{k}"]["b"]).T)
+                        + layers[f"srra_{k}"]["bias"] for k in range(self.blocks)]
+            proj = (clip_params["visual"]["proj"]["kernel"] + layers["proj_rep_a"] @ layers["proj_rep_b"]
+                    if tower == "vision" else None)
+        else:
+            name = "r2tproj" if tower == "text" else "r2vproj"
+            inserted = [linear(layers[f"{name}_{k}"], tokens) for k in range(self.blocks)]
+            proj = layers["proj_rep"] if tower == "vision" else None
+        return TowerMods(inserted=inserted, inserted_from=self.first, inserted_proj=proj, inserted_beta=self.beta)
 
     # ---------------------------------------------------------------------------------------------- features
     def text_features(self, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts,
                       present: tuple[str, ...] = MODALITIES) -> Array:
-        return self.backbone.text(clip_params, texts.embeds, texts.eot_idx, mods=self.mods(prompts, "text", present))
+        mods = self.mods(prompts, clip_params, "text", present)
+        return self.backbone.text(clip_params, texts.embeds, texts.eot_idx, mods=mods)
 
     def image_outputs(self, prompts: P.Tree, clip_params: Any, images: Array,
                       present: tuple[str, ...] = MODALITIES) -> tuple[Array, Array | None]:
         """(class image features (B, P), representation features (B, P) or None without the tokens)."""
-        mods = self.mods(prompts, "vision", present)
+        mods = self.mods(prompts, clip_params, "vision", present)
         if mods is None:
             return self.backbone.image(clip_params, images), None
         return self.backbone.image(clip_params, images, mods=mods)
