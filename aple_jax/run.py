@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from aple_jax import (checkpoint, config_schema, environment, evaluate, interop, paths, plugins, preemption,
                       prompt_files, report_classes, run_lock, sharding, train)
@@ -22,6 +23,7 @@ from aple_jax.methods.base import Method
 from aple_jax.methods.zeroshot import ZeroShot, template_text_features
 from aple_jax.plugins import base_rows
 from aple_jax.metrics import MetricWriter
+from aple_jax.plugins import dpc
 
 # Keys that change how a run executes but not what it computes: they may differ when a run resumes.
 # (eval_every_epoch is curve_points' former name: run directories whose config.json still holds it resume.)
@@ -145,6 +147,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     paths.check_dir(workdir, "--workdir")
     with paths.faults_named(workdir, "run in"):     # names the run for a storage fault no write site named
         base = base_method_results(config, workdir, stop_at_step)
+        config = dpc.stage1_from_base_run(config, workdir)
         if not config.pack_seeds:
             results = run_seeds([(config, workdir)], stop_at_step)
         else:
@@ -229,6 +232,9 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     for (c, _), setting in zip(pending, settings):
         if c.eval_only_from:
             check_trained_run(c.eval_only_from, c, setting)
+        if c.get("plugin") == "dpc":
+            base = next((ev.splits for ev in setting.evals if ev.name == "base"), None)
+            dpc.check_stage1_run(c, base.name if base else None, list(base.classnames) if base else None)
     backbone, clip_params, tokenizer = load_backbone(config.backbone.name, config.backbone.weights,
                                                      config.backbone.tokenizer, config.backbone.dtype,
                                                      config.backbone.remat)
@@ -305,9 +311,12 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
                   f"per seed, once", flush=True)
         teacher_images = _same_length([teacher_image_features(method, config, clip_params, job.setting.train, mesh,
                                                               image_size) for job in jobs])
+    train_images = None
+    if method.needs_train_images:
+        train_images = _same_shapes([train_image_cache(config, job.setting.train, mesh, image_size) for job in jobs])
     seeds = [_seed_run(job, phases, mesh, image_size, evaluate_all) for job in jobs]
     ctx = train.FitContext(mesh, clip_params, texts, teacher, config.optim, seeds, config.log_every,
-                           config.checkpoint_every_steps, stop_at_step, compilations, teacher_images)
+                           config.checkpoint_every_steps, stop_at_step, compilations, teacher_images, train_images)
     try:
         prompts = train.fit(method, phases, [job.prompts for job in jobs], ctx)
     except BaseException:
@@ -320,6 +329,33 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
         seed.writer.close()
         seed.checkpoints.close()
     return prompts
+
+
+def train_image_cache(config: ml_collections.ConfigDict, splits: DatasetSplits, mesh: Any,
+                      image_size: int) -> dict[str, Any]:
+    """The training images, test-transformed, on device as float16 "images" (N, S, S, 3) with their classes'
+    index table ("members" (C, W), "counts" (C,)): what DPC's hard negatives are drawn from, loaded once."""
+    batches = eval_loader(splits.train, global_batch_size=config.eval_batch_size, image_size=image_size, mesh=mesh,
+                          num_workers=config.dataset.num_workers)
+    images, labels = [], []
+    for batch in batches:
+        images.append(batch["image"].astype(jax.numpy.float16))
+        labels.append(jax.device_get(batch["label"]))
+    n = len(splits.train)
+    members, counts = dpc.image_table(np.concatenate(labels)[:n], len(splits.classnames))
+    return {"images": jax.numpy.concatenate(images)[:n], "members": members, "counts": counts}
+
+
+def _same_shapes(trees: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-seed constants zero-padded to one shape per key, so that packed seeds stack them (indices never reach the
+    pad)."""
+    out = [dict(t) for t in trees]
+    for key in trees[0]:
+        shape = np.max([np.shape(t[key]) for t in trees], axis=0)
+        for t in out:
+            pad = [(0, int(s) - d) for s, d in zip(shape, np.shape(t[key]))]
+            t[key] = t[key] if not any(p for _, p in pad) else jax.numpy.pad(t[key], pad)
+    return out
 
 
 def _train_classes(setting: Setting) -> list[str]:

@@ -189,8 +189,9 @@ def make_loss_fn(method: Method, plan: PhasePlan) -> Callable:
         images = batch["image"]
         student_in = apply_adapter(images, method.adapter) if method.adapter_train else images
         teacher_in = student_in if method.teacher_sees_adapter else images
+        own = {"own": consts["own"], "labels": batch["label"]} if "own" in consts else {}
         outputs = method.train_outputs(prompts, clip_params, consts["texts"], student_in, present,
-                                       consts.get("text_cache"), rng=rng)
+                                       consts.get("text_cache"), rng=rng, **own)
         img, txt = outputs["image"], outputs["text"]
         scale = backbone.logit_scale(clip_params)
         logits = L.cosine_logits(scale, img, txt)
@@ -269,9 +270,11 @@ def accumulate_gpa(state: TrainState, weight: float) -> TrainState:
 # -------------------------------------------------------------------------------------------- phase constants
 
 def phase_constants(method: Method, plan: PhasePlan, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts,
-                    teacher_text: Array | None, teacher_image: Array | None = None) -> dict[str, Any]:
-    """Constants computed once per phase: cached class text features, the zero-shot teacher's text features and,
-    with `teacher.images = "cached"`, its (N, P) image features of the training examples."""
+                    teacher_text: Array | None, teacher_image: Array | None = None,
+                    train_images: Mapping[str, Array] | None = None) -> dict[str, Any]:
+    """Constants computed once per phase: cached class text features, the zero-shot teacher's text features,
+    with `teacher.images = "cached"` its (N, P) image features of the training examples, and the method's own
+    (`Method.phase_constants`, under "own")."""
     consts: dict[str, Any] = {"texts": texts}
     if plan.cache_text:
         consts["text_cache"] = method.text_features_jit(prompts, clip_params, texts, plan.phase.present)
@@ -283,6 +286,9 @@ def phase_constants(method: Method, plan: PhasePlan, prompts: P.Tree, clip_param
         if teacher_image is None:
             raise ValueError(f"phase {plan.phase.name!r} needs the zero-shot teacher's cached image features")
         consts["teacher_image"] = teacher_image
+    own = method.phase_constants(plan.phase, prompts, clip_params, texts, train_images)
+    if own:
+        consts["own"] = own
     return consts
 
 
@@ -335,6 +341,7 @@ class FitContext:
     stop_at_step: int | None = None            # simulate a preemption (tests)
     compilations: dict[str, int] = dataclasses.field(default_factory=dict)
     teacher_images: list[Array] | None = None  # per seed, (N, P), with `teacher.images = "cached"`
+    train_images: list[dict[str, Array]] | None = None   # per seed, with `method.needs_train_images`
 
 
 class Preempted(RuntimeError):
@@ -429,8 +436,9 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
         for loader, data_state in zip(loaders, resume["data_states"]):
             loader.set_state(data_state)
     teacher_images = ctx.teacher_images or [None] * k
-    consts = [phase_constants(method, plan, s.prompts, ctx.clip_params, ctx.texts, ctx.teacher_text, t)
-              for s, t in zip(states, teacher_images)]
+    train_images = ctx.train_images or [None] * k
+    consts = [phase_constants(method, plan, s.prompts, ctx.clip_params, ctx.texts, ctx.teacher_text, t, i)
+              for s, t, i in zip(states, teacher_images, train_images)]
     # Replicated placement from the start, so the step sees the same input shardings on every call.
     state = sharding.replicate(pack(states), ctx.mesh)
     consts = sharding.replicate(pack(consts), ctx.mesh)

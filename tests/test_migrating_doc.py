@@ -75,7 +75,7 @@ def test_every_command_of_the_migration_guide_runs(world):
     cwd, env = world
     with open(DOC) as f:
         commands = doc_commands(f.read())
-    assert len(commands) == 15 and all(c.startswith("python ") and "weights=$W" in c for c in commands[:4])
+    assert len(commands) == 17 and all(c.startswith("python ") and "weights=$W" in c for c in commands[:4])
     outputs = []
     for command in commands:
         shrunk = command
@@ -104,3 +104,7 @@ def test_every_command_of_the_migration_guide_runs(world):
     assert official["method"] == "mma" and official["num_train_images"] == 0
     assert "(mma, epoch 5) -> mma-prompts.npz" in outputs[13]
     assert (cwd / "exported-mma" / "adapter_learner" / "model.pth.tar-5").exists()
+    stage1, dpc = (json.loads((cwd / "runs" / d / "cars" / "seed1" / "results.json").read_text())
+                   for d in ("promptsrc", "promptsrc+dpc"))
+    assert dpc["method"] == "promptsrc+dpc" and [r["phase"] for r in dpc["schedule"]] == ["dpc"]
+    assert dpc["accuracy"]["new"] == stage1["accuracy"]["new"]   # weight 0 on new: the stage-1 prompts

@@ -69,6 +69,8 @@ class Method:
     # Loss terms the method computes itself (`own_loss_terms`), beside the shared ones of `losses.TERMS`, each with
     # what of the frozen zero-shot teacher it needs: "" nothing, "text", "image" or "both".
     own_terms: dict[str, str] = {}
+    # True when a phase's constants (`phase_constants`) need the training images, test-transformed, on device.
+    needs_train_images = False
 
     def __init__(self, config: ml_collections.ConfigDict, backbone: Backbone, tokenizer: Tokenizer):
         self.config = config
@@ -163,6 +165,13 @@ class Method:
         training logits' two sides, and whatever else the method's own loss terms use (one forward for both)."""
         img, txt = self.features(prompts, clip_params, texts, images, present, text_cache, rng=rng)
         return {"image": img, "text": txt}
+
+    def phase_constants(self, phase: Phase, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts,
+                        train_images: Mapping[str, Array] | None = None) -> dict[str, Any]:
+        """Constants of the method's own for `phase`, computed once as it starts (or resumes); when there are any,
+        every step of the phase passes them to `train_outputs` as `own=`, with the batch's labels as `labels=`.
+        `train_images`: the training images (`needs_train_images`), "images" (N, H, W, 3) by example index."""
+        return {}
 
     def own_loss_terms(self, outputs: dict[str, Array], logits: Array, batch: Mapping[str, Array],
                        teacher: Mapping[str, Array], weights: Mapping[str, float]) -> dict[str, Array]:

@@ -15,8 +15,9 @@ import ml_collections
 from aple_jax.methods import METHODS
 from aple_jax.methods.base import Method
 from aple_jax.plugins.dept import DePT
+from aple_jax.plugins.dpc import DPC
 
-PLUGINS: dict[str, type] = {"dept": DePT}
+PLUGINS: dict[str, type] = {"dept": DePT, "dpc": DPC}
 # The methods a plug-in goes on: their prompts, phases and logits are what the plug-ins extend.
 BASES = ("coop", "maple", "promptsrc", "ivlp", "aple")
 
