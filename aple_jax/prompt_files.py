@@ -21,8 +21,9 @@ from aple_jax.errors import CheckpointError, StorageError
 
 PROMPTS_META_KEY = "__meta__"
 # What must agree between a trained run and an evaluation of its prompts (`mma.`: MMA's adapted blocks, width and
-# scale, which its trees alone do not say).
-PROMPT_KEYS = ("method", "plugin", "backbone.name", "backbone.weights", "prompts", "mma.")
+# scale, which its trees alone do not say; MMRL's token count, width and first block, not its training weights).
+PROMPT_KEYS = ("method", "plugin", "backbone.name", "backbone.weights", "prompts", "mma.", "mmrl.start",
+               "mmrl.n_tokens", "mmrl.rep_dim")
 
 
 def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

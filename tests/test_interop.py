@@ -28,10 +28,10 @@ from tests.test_clip_parity import TINY_TEXT, TINY_VISION, hf_clip, hf_to_openai
 
 TINY = get_config("tiny")
 N_CLS = 5
-EPOCHS = {"coop": 200, "kgcoop": 100, "cocoop": 10, "maple": 5, "ivlp": 20, "promptsrc": 20, "mma": 5}
+EPOCHS = {"coop": 200, "kgcoop": 100, "cocoop": 10, "maple": 5, "ivlp": 20, "promptsrc": 20, "mma": 5, "mmrl": 10}
 MODEL = {"coop": "prompt_learner", "kgcoop": "prompt_learner", "cocoop": "prompt_learner",
          "maple": "MultiModalPromptLearner", "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner",
-         "mma": "adapter_learner"}
+         "mma": "adapter_learner", "mmrl": "MultiModalRepresentationLearner"}
 # What each tiny config's prompt leaf is called in the official file (read from the official trainers, written
 # here independently of aple_jax/interop/mapping.py): (official key, Linear weight stored (out, in)).
 EXPECTED = {
@@ -63,7 +63,13 @@ EXPECTED["mma"] = {
     for part, name in (("down", "down.0"), ("up", "up")) for leaf in _TORCH_LEAF}
 EXPECTED["mma"].update({f"shared/block_{i - 1}/{leaf}": (f"shared_adapter.{i}.0.{_TORCH_LEAF[leaf]}", leaf == "kernel")
                         for i in (1, 2) for leaf in _TORCH_LEAF})
-BUFFERS = ("token_prefix", "token_suffix", "token_embedding", "tokenized_prompts")
+# MMRL's tiny config puts the tokens before both blocks: projection k feeds block k + 1 (from 1).
+EXPECTED["mmrl"] = {"rep_tokens": ("representation_learner.compound_rep_tokens", False),
+                    "vision/proj_rep": ("image_encoder.proj_rep", False)}
+EXPECTED["mmrl"].update({f"{tower}/r2{t}proj_{k}/{leaf}": (f"representation_learner.compound_rep_tokens_r2{t}proj.{k}."
+                                                          f"{_TORCH_LEAF[leaf]}", leaf == "kernel")
+                         for tower, t in (("text", "t"), ("vision", "v")) for k in (0, 1) for leaf in _TORCH_LEAF})
+BUFFERS = ("token_prefix", "token_suffix", "token_embedding", "tokenized_prompts", "prompt_embeddings")
 FP16_SUFFIXES = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias", "c_fc.weight", "c_fc.bias",
                  "c_proj.weight", "c_proj.bias", "conv1.weight", "proj", "text_projection")
 
@@ -121,6 +127,17 @@ def official_state_dict(method, openai_sd, n_ctx=None, depth=2, vision_depth=2, 
             sd["meta_net.linear2.weight"], sd["meta_net.linear2.bias"] = rnd(tw, emb // 16).half(), rnd(tw).half()
         return sd
     frozen = _frozen(openai_sd, method)
+    if method == "mmrl":   # the whole CustomCLIP, which has no logit_scale; the representation learner
+        frozen.pop("logit_scale")
+        sd["prompt_embeddings"] = rnd(N_CLS, 77, tw)
+        sd["representation_learner.compound_rep_tokens"] = rnd(n_ctx or 5, 512)
+        for name, width in (("r2vproj", vw), ("r2tproj", tw)):
+            for k in range(depth):
+                sd[f"representation_learner.compound_rep_tokens_{name}.{k}.weight"] = rnd(width, 512)
+                sd[f"representation_learner.compound_rep_tokens_{name}.{k}.bias"] = rnd(width)
+        sd.update(frozen)
+        sd["image_encoder.proj_rep"] = rnd(vw, emb)
+        return sd
     sd["logit_scale"] = frozen.pop("logit_scale")
     sd["prompt_learner.ctx"] = rnd(n, tw).half()
     if method == "maple":
@@ -343,6 +360,26 @@ def test_another_prompt_length_or_depth_is_refused(openai_tiny, tmp_path):
              r"image_encoder\.transformer\.resblocks\.1\.VPT_shallow")
 
 
+def test_mmrl_files_of_either_release_import_and_other_shapes_are_refused(openai_tiny, tmp_path):
+    """Releases before the buffer `prompt_embeddings` (and the model name MultiModalRepresentationLearner) import
+    alike; another token count or first block, and a logit_scale MMRL's CustomCLIP does not have, are named."""
+    sd = official_state_dict("mmrl", openai_tiny)
+    del sd["prompt_embeddings"]
+    path = save_official(str(tmp_path / "old"), "mmrl", sd)
+    os.rename(os.path.dirname(path), tmp_path / "old" / "MultiModalPromptLearner")
+    import_checkpoint(str(tmp_path / "old" / "MultiModalPromptLearner" / "model.pth.tar-10"), config("mmrl"),
+                      str(tmp_path / "old.npz"))
+    assert read_leaves(tmp_path / "old.npz")["rep_tokens"].tobytes() == \
+        sd["representation_learner.compound_rep_tokens"].numpy().tobytes()
+    _refusal(tmp_path / "a", "mmrl", official_state_dict("mmrl", openai_tiny, n_ctx=4), config("mmrl"),
+             r"MMRL checkpoint\) does not fit this config: checkpoint mmrl\.n_tokens=4, config 5; mis-shaped \(1\): "
+             r"representation_learner\.compound_rep_tokens \(4, 512\) \(expected \(5, 512\)\)")
+    _refusal(tmp_path / "b", "mmrl", official_state_dict("mmrl", openai_tiny, depth=1), config("mmrl"),
+             r"missing \(4\): representation_learner\.compound_rep_tokens_r2tproj\.1\.bias, ")
+    _refusal(tmp_path / "c", "mmrl", {**official_state_dict("mmrl", openai_tiny), "logit_scale": torch.ones(())},
+             config("mmrl"), r"unexpected \(1\): logit_scale")
+
+
 def test_mma_adapters_of_other_blocks_or_width_are_refused(tmp_path):
     rnd = torch.randn
     _refusal(tmp_path / "a", "mma", mma_state_dict(rnd, n_blocks=1, start=2), config("mma"),
@@ -362,7 +399,10 @@ def test_mma_adapters_of_other_blocks_or_width_are_refused(tmp_path):
                                         ("cocoop", "meta_net.linear2.weight"),
                                         ("promptsrc", "prompt_learner.ZS_image_encoder.ln_post.bias"),
                                         ("maple", "text_encoder.ln_final.weight"),
-                                        ("mma", "shared_adapter.2.0.bias")])
+                                        ("mma", "shared_adapter.2.0.bias"),
+                                        ("mmrl", "representation_learner.compound_rep_tokens_r2tproj.1.bias"),
+                                        ("mmrl", "image_encoder.proj_rep"),
+                                        ("mmrl", "text_encoder.transformer.resblocks.1.ln_2.bias")])
 def test_a_missing_tensor_is_named(method, key, openai_tiny, tmp_path):
     sd = official_state_dict(method, openai_tiny)
     del sd[key]
@@ -372,7 +412,8 @@ def test_a_missing_tensor_is_named(method, key, openai_tiny, tmp_path):
 @pytest.mark.parametrize("method,key", [("maple", "prompt_learner.proj.weight"), ("coop", "ctx"),
                                         ("ivlp", "image_encoder.transformer.resblocks.0.attn.in_proj_weight"),
                                         ("maple", "prompt_learner.token_suffix"), ("mma", "visual_adapter.1.up.weight"),
-                                        ("mma", "token_embedding")])
+                                        ("mma", "token_embedding"), ("mmrl", "prompt_embeddings"),
+                                        ("mmrl", "representation_learner.compound_rep_tokens")])
 def test_a_misshaped_tensor_is_named(method, key, openai_tiny, tmp_path):
     sd = official_state_dict(method, openai_tiny)
     sd[key] = sd[key][..., :-1].clone()
@@ -589,21 +630,22 @@ def test_the_entry_points_print_one_error_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_official_mma_checkpoint_evaluates_and_classifies_as_its_import(tmp_path):
-    """`eval_only_from=<official MMA file>` and `predict --from` it score as the imported prompts file."""
+@pytest.mark.parametrize("method,override,pattern", [("mma", {"mma__end": 1}, r"mma\.end: checkpoint 2, now 1"),
+                                                     ("mmrl", {"mmrl__n_tokens": 4}, r"mmrl\.n_tokens: checkpoint 5, now 4")])
+def test_an_official_checkpoint_evaluates_and_classifies_as_its_import(method, override, pattern, openai_tiny,
+                                                                       tmp_path):
+    """`eval_only_from=<official MMA / MMRL file>` and `predict --from` it score as the imported prompts file; a
+    config of another shape is refused before anything runs."""
     from aple_jax.predict import load_classifier
-    g = torch.Generator().manual_seed(4)
-    official = save_official(str(tmp_path / "output"), "mma",
-                             mma_state_dict(lambda *shape: 0.2 * torch.randn(*shape, generator=g)))
+    official = save_official(str(tmp_path / "output"), method, official_state_dict(method, openai_tiny, seed=4))
     imported = str(tmp_path / "imported.npz")
-    import_checkpoint(official, tiny_config("mma", **SMALL), imported)
-    from_file = run(tiny_config("mma", eval_only_from=official, **SMALL), str(tmp_path / "a"))
-    from_npz = run(tiny_config("mma", eval_only_from=imported, **SMALL), str(tmp_path / "b"))
+    import_checkpoint(official, tiny_config(method, **SMALL), imported)
+    from_file = run(tiny_config(method, eval_only_from=official, **SMALL), str(tmp_path / "a"))
+    from_npz = run(tiny_config(method, eval_only_from=imported, **SMALL), str(tmp_path / "b"))
     assert from_file["evals"] == from_npz["evals"] and from_file["num_train_images"] == 0
     names = ["red circle", "green square", "blue triangle"]
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    probs = load_classifier(official, names, tiny_config("mma")).predict(list(images))
+    probs = load_classifier(official, names, tiny_config(method)).predict(list(images))
     np.testing.assert_array_equal(probs, load_classifier(imported, names).predict(list(images)))
-    with pytest.raises(CheckpointError, match=r"official checkpoint of another method/prompt shape \(mma\.end: "
-                                              r"checkpoint 2, now 1\)"):
-        run(tiny_config("mma", eval_only_from=official, mma__end=1, **SMALL), str(tmp_path / "c"))
+    with pytest.raises(CheckpointError, match=r"official checkpoint of another method/prompt shape \(" + pattern):
+        run(tiny_config(method, eval_only_from=official, **override, **SMALL), str(tmp_path / "c"))

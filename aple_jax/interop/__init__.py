@@ -1,5 +1,5 @@
-"""Official PyTorch prompt checkpoints (Dassl `model.pth.tar-N` of CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC, MMA)
-in and out: `import_prompts` and `export_prompts` are the entry points, docs/migrating.md the guide.
+"""Official PyTorch prompt checkpoints (Dassl `model.pth.tar-N` of CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC, MMA,
+MMRL) in and out: `import_prompts` and `export_prompts` are the entry points, docs/migrating.md the guide.
 
 torch is imported only when a checkpoint is read or written (`dassl.py`).
 """

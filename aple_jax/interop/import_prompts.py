@@ -3,9 +3,9 @@
     python -m aple_jax.interop.import_prompts CKPT --config configs/maple.py:ARGS --out prompts.npz [--method M]
 
 CKPT is a Dassl checkpoint (`<output>/<ModelName>/model.pth.tar-<epoch>`, `model-best.pth.tar`) or a bare state
-dict (`.pth`, `.pt`) of CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC or MMA. The method is detected from its keys
-(`--method` reads it as that method's layout instead) and must be the config's; the prompt lengths, depths and
-backbone come from the config (`--config.key=value` overrides fields). The prompts file records the config's method,
+dict (`.pth`, `.pt`) of CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC, MMA or MMRL. The method is detected from
+its keys (`--method` reads it as that method's layout instead) and must be the config's; the prompt lengths, depths
+and backbone come from the config (`--config.key=value` overrides fields). The prompts file records the config's method,
 backbone and prompt shape and the source checkpoint and epoch, so `--config.eval_only_from=prompts.npz` is checked
 like a run's prompts. Local or gs:// paths.
 """

@@ -1,7 +1,8 @@
 """Names of the official prompt checkpoints, per method: our prompt-tree leaves <-> Dassl state-dict keys.
 
 Read from the official trainers (CoOp, CoCoOp: KaiyangZhou/CoOp; KgCoOp: htyao89/KgCoOp; MaPLe, IVLP:
-muzairkhattak/multimodal-prompt-learning; PromptSRC: muzairkhattak/PromptSRC; MMA: ZjjConan/Multi-Modal-Adapter):
+muzairkhattak/multimodal-prompt-learning; PromptSRC: muzairkhattak/PromptSRC; MMA: ZjjConan/Multi-Modal-Adapter;
+MMRL: yunncheng/MMRL):
 - CoOp, CoCoOp and KgCoOp register the prompt learner alone: bare names (`ctx`, `meta_net.linear1.weight`).
 - MaPLe, IVLP and PromptSRC register the whole CustomCLIP: `prompt_learner.*`, `image_encoder.*` (OpenAI's
   `visual.*`), `text_encoder.*` (OpenAI's text tower without `token_embedding`) and `logit_scale`.
@@ -13,6 +14,11 @@ muzairkhattak/multimodal-prompt-learning; PromptSRC: muzairkhattak/PromptSRC; MM
   `{text,visual}_adapter.{l}.up` and `shared_adapter.{l}.0` (Linear + ReLU), for block l counted from 1 (the
   blocks' `layer_index`; index 0, the token-embedding adapter, is built only when ADAPTER_START is 0), i.e. our
   `{text,vision,shared}/block_{l-1}`; buffers `token_embedding` (classes, context, width) and `tokenized_prompts`.
+- MMRL registers the whole CustomCLIP (`MultiModalRepresentationLearner`; `MultiModalPromptLearner` before the
+  official code renamed it): `representation_learner.compound_rep_tokens` (our `rep_tokens`),
+  `representation_learner.compound_rep_tokens_r2{t,v}proj.{k}` (our `{text,vision}/r2{t,v}proj_{k}`, k = the k-th
+  block from REP_LAYERS[0]), the trained `image_encoder.proj_rep` (our `vision/proj_rep`, used as `x @ proj_rep`:
+  not transposed), the frozen towers without `logit_scale`, and (newer releases) the buffer `prompt_embeddings`.
 - `nn.Linear` weights are (out, in): our kernels are their transpose.
 """
 from __future__ import annotations
@@ -23,14 +29,14 @@ from typing import Iterable, Mapping
 
 from aple_jax.clip.model import CLIPConfig
 
-SUPPORTED = ("coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc", "mma")
+SUPPORTED = ("coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc", "mma", "mmrl")
 # The name each official trainer registers its model under: `<output>/<ModelName>/model.pth.tar-<epoch>`.
 MODEL_NAMES = {"coop": "prompt_learner", "kgcoop": "prompt_learner", "cocoop": "prompt_learner",
                "maple": "MultiModalPromptLearner", "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner",
-               "mma": "adapter_learner"}
-WHOLE_MODEL = ("maple", "ivlp", "promptsrc")
+               "mma": "adapter_learner", "mmrl": "MultiModalRepresentationLearner"}
+WHOLE_MODEL = ("maple", "ivlp", "promptsrc", "mmrl")
 DISPLAY = {"coop": "CoOp", "kgcoop": "KgCoOp", "cocoop": "CoCoOp", "maple": "MaPLe", "ivlp": "IVLP",
-           "promptsrc": "PromptSRC", "mma": "MMA", "aple": "APLe", "zeroshot": "zero-shot CLIP"}
+           "promptsrc": "PromptSRC", "mma": "MMA", "mmrl": "MMRL", "aple": "APLe", "zeroshot": "zero-shot CLIP"}
 NOT_SUPPORTED = {
     "aple": "APLe has no official PyTorch code, so there is no official checkpoint format to read or write; its "
             "prompts live in prompts.npz",
@@ -60,6 +66,12 @@ _MMA = tuple(Rule(rf"{ours}/block_(\d+)/{part}/{leaf}", f"{theirs}.{{}}.{name}.{
     Rule(rf"shared/block_(\d+)/{leaf}", f"shared_adapter.{{}}.0.{leaf.replace('kernel', 'weight')}", shift=1,
          linear=leaf == "kernel") for leaf in ("kernel", "bias"))
 MMA_PREFIXES = ("text_adapter.", "visual_adapter.", "shared_adapter.")
+MMRL_PREFIX = "representation_learner."
+_MMRL = (Rule("rep_tokens", MMRL_PREFIX + "compound_rep_tokens"),
+         Rule("vision/proj_rep", "image_encoder.proj_rep")) + tuple(
+    Rule(rf"{tower}/r2{t}proj_(\d+)/{leaf}", f"{MMRL_PREFIX}compound_rep_tokens_r2{t}proj.{{}}.{torch_leaf}",
+         linear=leaf == "kernel")
+    for tower, t in (("text", "t"), ("vision", "v")) for leaf, torch_leaf in (("kernel", "weight"), ("bias", "bias")))
 RULES: dict[str, tuple[Rule, ...]] = {
     "coop": _PROMPT_LEARNER_CTX,
     "kgcoop": _PROMPT_LEARNER_CTX,
@@ -76,6 +88,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "ivlp": _VLP,
     "promptsrc": _VLP,
     "mma": _MMA,
+    "mmrl": _MMRL,
 }
 
 
@@ -93,6 +106,8 @@ def buffers(method: str, cfg: CLIPConfig, n_ctx: int) -> dict[str, tuple[int, ..
     loading (rebuilt from the class names; any number of classes)."""
     if method == "mma":
         return {"token_embedding": (cfg.context_length, cfg.text_width), "tokenized_prompts": (cfg.context_length,)}
+    if method == "mmrl":   # absent from files of releases before it was registered
+        return {"prompt_embeddings": (cfg.context_length, cfg.text_width)}
     prefix = "prompt_learner." if method in WHOLE_MODEL else ""
     return {f"{prefix}token_prefix": (1, cfg.text_width),
             f"{prefix}token_suffix": (cfg.context_length - 1 - n_ctx, cfg.text_width)}
@@ -112,6 +127,8 @@ def detect_method(keys: Iterable[str]) -> str | None:
     keys = set(keys)
     if any(k.startswith(MMA_PREFIXES) for k in keys):
         return "mma"
+    if any(k.startswith(MMRL_PREFIX) for k in keys):
+        return "mmrl"
     if any(k.startswith(ZS_PREFIX) for k in keys):
         return "promptsrc"
     if "prompt_learner.proj.weight" in keys or any(k.startswith("prompt_learner.compound_prompt") for k in keys):
@@ -149,6 +166,8 @@ def prompt_shape(method: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str
             out["prompts.vision.n_ctx"] = shapes["image_encoder.VPT"][0]
     elif method == "mma":
         out.update(_mma_shape(shapes))
+    elif method == "mmrl" and len(shapes.get(MMRL_PREFIX + "compound_rep_tokens", ())) == 2:
+        out["mmrl.n_tokens"], out["mmrl.rep_dim"] = shapes[MMRL_PREFIX + "compound_rep_tokens"]
     else:
         out.update({"prompts.text.depth": 1, "prompts.vision.depth": 0})
     return out
@@ -205,6 +224,8 @@ def frozen_keys(method: str, cfg: CLIPConfig) -> dict[str, tuple[str, tuple[int,
             out["image_encoder." + name[len("visual."):]] = ("frozen CLIP", shape)
             if method == "promptsrc":
                 out[ZS_PREFIX + name[len("visual."):]] = ("ZS_image_encoder", shape)
-        else:
-            out[name if name == "logit_scale" else "text_encoder." + name] = ("frozen CLIP", shape)
+        elif name != "logit_scale":
+            out["text_encoder." + name] = ("frozen CLIP", shape)
+        elif method != "mmrl":   # MMRL's CustomCLIP has no logit_scale (it scales by 100)
+            out[name] = ("frozen CLIP", shape)
     return out
