@@ -378,6 +378,8 @@ def test_mmrl_files_of_either_release_import_and_other_shapes_are_refused(openai
              r"missing \(4\): representation_learner\.compound_rep_tokens_r2tproj\.1\.bias, ")
     _refusal(tmp_path / "c", "mmrl", {**official_state_dict("mmrl", openai_tiny), "logit_scale": torch.ones(())},
              config("mmrl"), r"unexpected \(1\): logit_scale")
+    _refusal(tmp_path / "d", "mmrl", official_state_dict("mmrl", openai_tiny), config("mmrl", mmrl__plus=True),
+             r"MMRL has no official counterpart of our prompt leaf '.*': this config's trainable tree has no official")
 
 
 def test_mma_adapters_of_other_blocks_or_width_are_refused(tmp_path):

@@ -79,7 +79,11 @@ def expected_keys(method: str, prompts_like: Any) -> dict[str, tuple[str, bool, 
     """{official key: (our leaf path, is a Linear weight, official shape)} of a prompt tree."""
     out = {}
     for path, leaf in P.flatten(prompts_like).items():
-        key, linear = official_key(method, path)
+        try:
+            key, linear = official_key(method, path)
+        except KeyError as e:   # e.g. MMRL++ (mmrl.plus), whose official trainer is another one
+            raise ConfigError(f"{e.args[0]}: this config's trainable tree has no official checkpoint layout",
+                              hint="MMRL++ (mmrl.plus) checkpoints are not read or written yet") from None
         shape = tuple(leaf.shape)
         out[key] = (path, linear, shape[::-1] if linear else shape)
     return out
