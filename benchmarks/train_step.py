@@ -5,6 +5,8 @@
     python benchmarks/train_step.py --methods ivlp --classes 100 --pack 3    # 3 packed seeds vs 3 separate steps
     python benchmarks/train_step.py --methods cocoop --classes 100,1000 --batches 1,4 --dtype bfloat16 --remat
     python benchmarks/train_step.py --methods aple --classes 1000 --teacher-images cached   # APLe's teacher cache
+    python benchmarks/train_step.py --interleave --methods maple,mma --classes 100   # methods take turns step by step
+    python benchmarks/train_step.py --interleave --classes 1000 --repeats 0   # memory and XLA FLOPs only, nothing run
     python benchmarks/train_step.py --lora-overhead --classes 100      # what CLIP-LoRA's x-path adds to a step
 
 With batch 1 and B in `--batches`, the last column compares one step at batch B with B steps at batch 1 (below 1x:
