@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from aple_jax.report import Group
 
 COMPARE_KIND = "aple_jax.compare"
+TRANSDUCTIVE = "(transductive)"   # as aple_jax.report marks such rows
 AVERAGE = "Average"
 
 
@@ -107,6 +108,9 @@ def compare(groups: list[Group], a: str, b: str) -> dict[str, Any]:
                           f"(method or method-tag): {', '.join(present)}")
     chosen = {n: [g for g in groups if system_name(g.key.method, g.key.tag) == n] for n in (a, b)}
     va, vb = per_seed_values(chosen[a]), per_seed_values(chosen[b])
+    envs = environment.summarize((r.path, r.results) for n in (a, b) for g in chosen[n] for r in g.runs)
+    # a transductive system is named with its mark in every row and verdict
+    a, b = (f"{n} {TRANSDUCTIVE}" if any(g.key.transductive for g in chosen[n]) else n for n in (a, b))
     rows = []
     for block in sorted(set(va) & set(vb)):
         units = sorted(set(va[block]) & set(vb[block]), key=lambda u: (u[0], ("base", "new", "hm").index(u[1])
@@ -116,7 +120,6 @@ def compare(groups: list[Group], a: str, b: str) -> dict[str, Any]:
     if not rows:
         raise ReportError(f"--compare {a},{b}: no dataset and seed have runs of both (same setting, backbone and "
                           f"shots)")
-    envs = environment.summarize((r.path, r.results) for n in (a, b) for g in chosen[n] for r in g.runs)
     return {"kind": COMPARE_KIND, "a": a, "b": b, "rows": rows, "environments": envs}
 
 

@@ -23,6 +23,7 @@ from aple_jax.losses import KL_DIRECTIONS, KL_REDUCTIONS, TERMS
 from aple_jax.methods import METHODS
 from aple_jax.methods.aple import GRANULARITIES, ORDERS, STAGE2_LOSSES, TRAINED_MODALITY, UNTRAINED_MODALITY
 from aple_jax.methods.base import TEACHER_IMAGES, TEACHER_INPUTS
+from aple_jax.methods.promptkd import SELECT as KD_SELECT
 from aple_jax.methods.zeroshot import ENSEMBLE_MODES, TEMPLATE_CHOICES
 from aple_jax.train import OPTIMIZERS, SCHEDULES
 from configs.common import SETTINGS
@@ -112,6 +113,7 @@ RANGES: dict[str, tuple[Check, str]] = {
     "mmrl.proj_rank": (_int_at_least(1), "an integer >= 1"),
     "dept.weight": (_unit, "a number in [0, 1] (the head's share of the loss and of the base-class logits)"),
     "dept.head_lr_scale": (_positive, "a finite number > 0"),
+    "kd.temperature": (_positive, "a finite number > 0"),
 }
 
 ENUMS: dict[str, tuple[str, ...]] = {
@@ -134,6 +136,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "stage2.loss": STAGE2_LOSSES,
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
+    "kd.select": KD_SELECT,
 }
 
 # The fewest text tokens a class prompt needs besides its context: start, one class-name token, ".", end.
@@ -157,9 +160,9 @@ def backbone_shape(config: ml_collections.ConfigDict) -> dict[str, int] | None:
     preset, or a Hugging Face directory's config.json; None where neither tells."""
     b = config.backbone
     weights = b.weights
-    if not weights and b.name == "world":
-        from aple_jax.world.zeroshot import WORLD_CLIP_DIR
-        weights = WORLD_CLIP_DIR
+    if not weights and b.name in ("world", "world-large"):
+        from aple_jax.world.zeroshot import WORLD_BACKBONES
+        weights = WORLD_BACKBONES[b.name]
     cfg_path = os.path.join(weights, "config.json") if weights else ""
     if cfg_path and os.path.isfile(cfg_path):
         try:
@@ -218,7 +221,7 @@ def _loss_weights(flat: dict[str, Any]) -> Iterator[str]:
 
 
 # Every config key that holds a path (local or gs://).
-PATH_KEYS = ("dataset.root", "backbone.weights", "backbone.tokenizer", "eval_only_from", "base_run")
+PATH_KEYS = ("dataset.root", "backbone.weights", "backbone.tokenizer", "eval_only_from", "base_run", "kd.teacher")
 
 
 def _paths(flat: dict[str, Any]) -> Iterator[str]:
@@ -255,10 +258,11 @@ def _check_dataset_name(name: str) -> None:
 
 def _backbone(config: ml_collections.ConfigDict, check_paths: bool) -> Iterator[str]:
     b, p = config.backbone, config.prompts
-    if not b.weights and b.name not in ("tiny", "world"):
+    if not b.weights and b.name not in ("tiny", "world", "world-large"):
         known = ", ".join(sorted(PRESETS))
         if b.name not in PRESETS:
-            yield f"backbone.name={b.name!r}; expected one of {known}, 'world' (or any name with backbone.weights)"
+            yield (f"backbone.name={b.name!r}; expected one of {known}, 'world', 'world-large' (or any name with "
+                   f"backbone.weights)")
             return
     if b.tokenizer and not b.weights and b.name == "tiny":
         yield (f"backbone.tokenizer={b.tokenizer!r} means nothing to the tiny backbone, whose random weights come "

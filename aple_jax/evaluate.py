@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from typing import Any, Iterable, Iterator
 
 import jax
@@ -14,8 +13,7 @@ import numpy as np
 
 from aple_jax import prompts as P
 from aple_jax import sharding
-from aple_jax.adapter import AdapterConfig, apply_adapter
-from aple_jax.clip.backbone import Backbone
+from aple_jax.adapter import apply_adapter
 from aple_jax.methods.base import Method
 
 Array = jax.Array
@@ -103,20 +101,13 @@ def evaluate_batches(method: Method, prompts: P.Tree, clip_params: Any, classnam
     return EvalResult.from_confusion(np.asarray(jax.device_get(confusion)), classnames)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _frozen_image_features(backbone: Backbone, adapter: AdapterConfig | None, params: Any, images: Array) -> Array:
-    """Frozen-CLIP image features, through the image adapter when one is given (compiled once per shape)."""
-    return backbone.image(params, images if adapter is None else apply_adapter(images, adapter))
-
-
 def dataset_image_features(method: Method, clip_params: Any, batches: Iterable[dict[str, Array]], num_examples: int,
                            mesh: Any, adapter: bool) -> Array:
-    """(N, P) frozen-CLIP image features of the first `num_examples` examples of sequential padded batches, in
-    order, kept on device and replicated over `mesh` (the zero-shot teacher's per-example cache)."""
-    adapter_config = method.adapter if adapter else None
+    """(N, P) teacher image features (`Method.teacher_image_features`: frozen CLIP's, or a distilled run's
+    teacher's) of the first `num_examples` examples of sequential padded batches, in order, kept on device and
+    replicated over `mesh` (the teacher's per-example cache)."""
     with _iterating(batches) as iterator:
-        chunks = [_frozen_image_features(method.backbone, adapter_config, clip_params, batch["image"])
-                  for batch in iterator]
+        chunks = [method.teacher_image_features(clip_params, batch["image"], adapter) for batch in iterator]
     if not chunks:
         raise ValueError("no batches to compute image features from")
     gather = jax.jit(lambda xs: jnp.concatenate(xs)[:num_examples], out_shardings=sharding.replicated(mesh))

@@ -76,8 +76,8 @@ TRANSFER_TABLES = (
 
 def format_run(results: dict[str, Any] | list[dict[str, Any]]) -> str:
     """A Markdown table of one run's accuracies (and HM for base-to-novel); for packed seeds a row per seed, then
-    their mean ± sample std and 95% interval, and a line saying so; a plug-in run's base method (`base_run`) and
-    zero-shot CLIP (`zeroshot.compare`) below it."""
+    their mean ± sample std and 95% interval, and a line saying so; a plug-in run's base method (`base_run`),
+    zero-shot CLIP (`zeroshot.compare`) and a distilled run's teacher below it; a transductive run is marked."""
     runs = results if isinstance(results, list) else [results]
     names, with_hm = list(runs[0]["accuracy"]), "hm" in runs[0]
     header = "| method | dataset | seed | " + " | ".join(names) + (" | HM |" if with_hm else " |")
@@ -92,15 +92,22 @@ def format_run(results: dict[str, Any] | list[dict[str, Any]]) -> str:
     # the frozen-CLIP row of `zeroshot.compare` (the same test images for every seed)
     rows += [_row(["zero-shot CLIP", r["dataset"], "-"], r["zero_shot"]["accuracy"], names, with_hm)
              for r in runs[:1] if "zero_shot" in r]
+    # a distilled run's teacher, as its own run scored it (a teacher trained on the base classes, with labels)
+    rows += [_row([f"teacher: {t['method']} ({os.path.basename(str(t['backbone']).rstrip('/'))})", r["dataset"], "-"],
+                  t["accuracy"], names, with_hm)
+             for r in runs[:1] for t in [r.get("kd_teacher", {})] if set(names) <= set(t.get("accuracy", {}))]
+    if runs[0].get("transductive"):
+        note.append("\n" + TRANSDUCTIVE_NOTE)
     return "\n".join([header, rule, *rows, *note])
 
 
 def _seed_rows(runs: list[dict[str, Any]], names: list[str], with_hm: bool) -> list[str]:
     """A row per seed; for several, their mean ± sample std and 95% interval."""
-    rows = [_row([r["method"], r["dataset"], str(r["seed"])], r["accuracy"], names, with_hm) for r in runs]
+    name = label(runs[0]["method"], "", runs[0].get("transductive", False))
+    rows = [_row([name, r["dataset"], str(r["seed"])], r["accuracy"], names, with_hm) for r in runs]
     if len(runs) > 1:
         s = {n: stats.Stat.of([r["accuracy"][n] for r in runs]) for n in names}
-        first = [runs[0]["method"], runs[0]["dataset"]]
+        first = [name, runs[0]["dataset"]]
         rows.append("| " + " | ".join(first + ["mean ± std"] + [f"{s[n].mean:.2f} ± {s[n].std:.2f}" for n in names]
                                       + ([f"{hm(s['base'].mean, s['new'].mean):.2f}"] if with_hm else [])) + " |")
         rows.append("| " + " | ".join(first + ["95% interval"]
@@ -138,6 +145,7 @@ class GroupKey(NamedTuple):
     shots: int
     dataset: str
     evals: tuple[str, ...]   # base/new, all, or the transfer targets
+    transductive: bool = False   # trained on unlabeled images of classes it is tested on (results.json)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +158,7 @@ class Run:
         r = self.results
         evals = tuple(dataset_name(e) if r["setting"] == "transfer" else e for e in r["accuracy"])
         return GroupKey(r["method"], r["tag"], r["backbone"], r["setting"], r["shots"], dataset_name(r["dataset"]),
-                        evals)
+                        evals, bool(r.get("transductive", False)))
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -295,12 +303,25 @@ def check_compatible(runs: list[Run]) -> None:
 
 # ---------------------------------------------------------------------------------------------------- aggregation
 
-def label(method: str, tag: str) -> str:
-    return f"{method} [{tag}]" if tag else method
+# A transductive row's mark wherever it is named (tables, plots, --compare): it is never ranked unmarked.
+TRANSDUCTIVE = compare.TRANSDUCTIVE
+TRANSDUCTIVE_NOTE = (f"Rows marked {TRANSDUCTIVE} trained on unlabeled images of the classes they are tested on "
+                     "(PromptKD: the training images of base and new classes); they are not comparable with the "
+                     "other, inductive rows.")
+
+
+def label(method: str, tag: str, transductive: bool = False) -> str:
+    name = f"{method} [{tag}]" if tag else method
+    return f"{name} {TRANSDUCTIVE}" if transductive else name
+
+
+def _label(s: dict[str, Any]) -> str:
+    """The label of a summary row (a system: method, tag, transductive)."""
+    return label(s["method"], s["tag"], s.get("transductive", False))
 
 
 def _system(k: GroupKey) -> dict[str, Any]:
-    return {"method": k.method, "tag": k.tag, "backbone": k.backbone, "shots": k.shots}
+    return {"method": k.method, "tag": k.tag, "backbone": k.backbone, "shots": k.shots, "transductive": k.transductive}
 
 
 def base2new_average(per_dataset: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -421,7 +442,7 @@ def base2new_average_table(summary: dict[str, Any], reference: bool) -> str:
     for s in summary["base2new"]:
         a = s["average"]
         n = str(len(a["datasets"])) if a["complete"] else f"average over {len(a['datasets'])} datasets (incomplete)"
-        rows.append([label(s["method"], s["tag"]), s["backbone"], s["shots"], n, _seeds(a["seeds"]),
+        rows.append([_label(s), s["backbone"], s["shots"], n, _seeds(a["seeds"]),
                      _cell(a["base_per_seed"], a["base"]), _cell(a["new_per_seed"], a["new"]), f"{a['hm']:.2f}",
                      "this report"])
     if reference:
@@ -437,7 +458,7 @@ def base2new_dataset_table(summary: dict[str, Any], reference: bool) -> str:
             cells = [_cell({k: v[f"{e}{suffix}"] for k, suffix in (("mean", ""), ("std", "_std"),
                                                                       ("values", "_values"), ("ci95", "_ci95"))})
                      for e in ("base", "new")]
-            by_dataset[d].append([d, label(s["method"], s["tag"]), s["backbone"], s["shots"], _seeds(v["seeds"]),
+            by_dataset[d].append([d, _label(s), s["backbone"], s["shots"], _seeds(v["seeds"]),
                                   *cells, f"{v['hm']:.2f}"])
     for d in by_dataset:
         if reference:
@@ -455,7 +476,7 @@ def transfer_table(rows_in: list[dict[str, Any]], table: TransferTable,
     for s in rows_in:
         acc = s["accuracy"]
         cells = [_cell(acc[t]) if t in acc else "–" for t in columns]
-        row = [label(s["method"], s["tag"]), s["backbone"], s["shots"], _seeds(s["seeds"]), *cells]
+        row = [_label(s), s["backbone"], s["shots"], _seeds(s["seeds"]), *cells]
         if average:
             a = s["average"]
             row.append(_cell(a["per_seed"], a["accuracy"]) if a["complete"]
@@ -471,7 +492,7 @@ def groups_table(summary: dict[str, Any]) -> str:
     rows = []
     for g in summary["groups"]:
         accs = ", ".join(f"{e} {_cell(s)}" for e, s in g["accuracy"].items())
-        rows.append([label(g["method"], g["tag"]), g["backbone"], g["setting"], g["shots"], g["dataset"],
+        rows.append([_label(g), g["backbone"], g["setting"], g["shots"], g["dataset"],
                      _seeds(g["seeds"]), accs + (f", HM {g['hm']:.2f}" if "hm" in g else "")])
     return _table(["Method", "Backbone", "Setting", "Shots", "Dataset", "Seeds", "Accuracy (mean ± std [95%])"], rows)
 
@@ -501,6 +522,8 @@ def markdown(summary: dict[str, Any], reference: bool) -> str:
                       transfer_table(summary[table.key], table, references),
                       environment.markdown_note(envs[table.key])]
     parts += ["## Every group", groups_table(summary), environment.markdown_note(envs["groups"])]
+    if any(g.get("transductive") for g in summary["groups"]):
+        parts.insert(2, TRANSDUCTIVE_NOTE)
     if summary.get("plots"):
         parts += ["## Plots", "\n".join(f"![{p}]({p})" for p in summary["plots"])]
     return "\n\n".join(parts) + "\n"
@@ -569,7 +592,7 @@ def plot_transfer_bars(rows: list[dict[str, Any]], table: TransferTable, path: s
     names = [table.source, *table.targets, *(["Average"] if table.average else [])]
     series, errors = {}, {}
     for r in rows:
-        name = f"{label(r['method'], r['tag'])} ({r['backbone']}, {r['shots']} shots)"
+        name = f"{_label(r)} ({r['backbone']}, {r['shots']} shots)"
         series[name] = [r["average"]["accuracy"] if n == "Average" else r["accuracy"].get(n, {}).get("mean", np.nan)
                         for n in names]
         errors[name] = [_interval(r["average"]["accuracy"], r["average"]["per_seed"]["ci95"]) if n == "Average"
@@ -589,7 +612,7 @@ def plot_transfer_bars(rows: list[dict[str, Any]], table: TransferTable, path: s
 def _bar_label(s: dict[str, Any]) -> str:
     a = s["average"]
     average = "" if a["complete"] else f"; average of {len(a['datasets'])} datasets"
-    return f"{label(s['method'], s['tag'])} ({s['backbone']}, {s['shots']} shots{average})"
+    return f"{_label(s)} ({s['backbone']}, {s['shots']} shots{average})"
 
 
 def prompt_length_points(groups: list[Group], summary: dict[str, Any]) -> dict[tuple, dict[str, list[tuple]]]:
@@ -706,10 +729,10 @@ def write_plots(groups: list[Group], summary: dict[str, Any], out_dir: str) -> l
         hist = mean_history(g)
         if hist:
             k = g.key
-            systems[(k.method, k.tag, k.backbone, k.setting, k.shots)][k.dataset] = hist
-    for (method, tag, backbone, setting, shots), histories in sorted(systems.items()):
+            systems[(k.method, k.tag, k.backbone, k.setting, k.shots, k.transductive)][k.dataset] = hist
+    for (method, tag, backbone, setting, shots, transductive), histories in sorted(systems.items()):
         names.append(f"history_{_slug(method, tag, backbone, setting, shots)}.png")
-        plot_history(f"{label(method, tag)}: {setting}, {backbone}, {shots} shots", histories,
+        plot_history(f"{label(method, tag, transductive)}: {setting}, {backbone}, {shots} shots", histories,
                      os.path.join(out_dir, names[-1]))
     return names
 

@@ -11,8 +11,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from aple_jax import (checkpoint, config_schema, environment, evaluate, interop, paths, plugins, preemption,
-                      prompt_files, report_classes, run_lock, sharding, train)
+from aple_jax import (checkpoint, config_schema, distill, environment, evaluate, interop, paths, plugins,
+                      preemption, prompt_files, report_classes, run_lock, selection, sharding, train)
 from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.data import DatasetSplits, build_dataset
 from aple_jax.data.pipeline import eval_loader, train_loader
@@ -58,7 +58,8 @@ def hm(base: float, new: float) -> float:
 
 def build_setting(config: ml_collections.ConfigDict) -> Setting:
     """base2new: train on base, test base and new; all: all classes; transfer: train on one, test on others.
-    Every evaluation split must hold images of every class."""
+    A method that trains on the unlabeled images of every class (`trains_on_all_classes`) trains on all classes'
+    training images in base2new too. Every evaluation split must hold images of every class."""
     setting = _build_setting(config)
     for ev in setting.evals:
         ev.splits.check_evaluable(ev.name)
@@ -71,7 +72,10 @@ def _build_setting(config: ml_collections.ConfigDict) -> Setting:
     if config.setting == "base2new":
         base = build_dataset(d.name, d.root, shots=d.shots, subsample="base", **common)
         new = build_dataset(d.name, d.root, shots=d.shots, subsample="new", **common)
-        return Setting(base, [EvalSet("base", base), EvalSet("new", new)])
+        train_split = base
+        if getattr(METHODS.get(config.method), "trains_on_all_classes", False):
+            train_split = build_dataset(d.name, d.root, shots=d.shots, subsample="all", **common)
+        return Setting(train_split, [EvalSet("base", base), EvalSet("new", new)])
     if config.setting == "all":
         data = build_dataset(d.name, d.root, shots=d.shots, subsample="all", **common)
         return Setting(data, [EvalSet("all", data)])
@@ -146,6 +150,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | Non
     config_schema.validate(config)   # before any weights, data or run directory is touched
     paths.check_dir(workdir, "--workdir")
     with paths.faults_named(workdir, "run in"):     # names the run for a storage fault no write site named
+        if "kd" in config:   # a distilled run: its teacher first (trained into <workdir>/teacher when none is given)
+            config = distill.prepare(config, workdir)
         base = base_method_results(config, workdir, stop_at_step)
         config = dpc.stage1_from_base_run(config, workdir)
         if not config.pack_seeds:
@@ -254,9 +260,11 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     image_size = backbone.cfg.image_resolution
     compilations: dict[str, int] = {}
 
-    def evaluate_all(job: SeedJob, p: Any, model: Method = method) -> dict[str, evaluate.EvalResult]:
+    def evaluate_all(job: SeedJob, p: Any, model: Method = method, only: str = "") -> dict[str, evaluate.EvalResult]:
         out = {}
         for ev in job.setting.evals:
+            if only and ev.name != only:
+                continue
             batches = eval_loader(ev.splits.test, global_batch_size=config.eval_batch_size, image_size=image_size,
                                   mesh=mesh, num_workers=config.dataset.num_workers)
             out[ev.name] = evaluate.evaluate_batches(model, p, clip_params, list(ev.splits.classnames),
@@ -268,6 +276,7 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     elif phases:
         final = _train(jobs, method, phases, clip_params, mesh, image_size, stop_at_step, evaluate_all,
                        compilations)
+        final = [selection.chosen(job.workdir, p) if method.select_by else p for job, p in zip(jobs, final)]
     else:
         final = [job.prompts for job in jobs]
     results = {}
@@ -278,6 +287,11 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
         results[job.workdir] = _results(job.config, job.setting, {k: v.to_json() for k, v in evals.items()},
                                         job.history, compilations, time.time() - t0, len(jobs), schedule(job, phases),
                                         started_environment(job.workdir))
+        results[job.workdir]["transductive"] = is_transductive(method, job.setting)
+        if method.select_by and phases and not config.eval_only_from:
+            results[job.workdir]["selected"] = selection.record(job.workdir, method.select_by)
+        if "kd" in config:
+            results[job.workdir]["kd_teacher"] = distill.teacher_summary(config.kd.teacher)
         if config.zeroshot.compare and phases:
             zero_shot = evaluate_all(job, {}, zero_shot_reference(config, backbone, tokenizer))
             results[job.workdir]["zero_shot"] = {"accuracy": {k: v.accuracy for k, v in zero_shot.items()},
@@ -314,7 +328,7 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
     train_images = None
     if method.needs_train_images:
         train_images = _same_shapes([train_image_cache(config, job.setting.train, mesh, image_size) for job in jobs])
-    seeds = [_seed_run(job, phases, mesh, image_size, evaluate_all) for job in jobs]
+    seeds = [_seed_run(job, phases, mesh, image_size, evaluate_all, method.select_by) for job in jobs]
     ctx = train.FitContext(mesh, clip_params, texts, teacher, config.optim, seeds, config.log_every,
                            config.checkpoint_every_steps, stop_at_step, compilations, teacher_images, train_images)
     try:
@@ -370,7 +384,8 @@ def _same_length(caches: list[Any]) -> list[Any]:
     return [c if c.shape[0] == n else jax.numpy.pad(c, ((0, n - c.shape[0]), (0, 0))) for c in caches]
 
 
-def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.SeedRun:
+def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all, select_by: str = "") -> train.SeedRun:
+    """`select_by`: the evaluation set whose accuracy after every epoch picks the final prompts ("": the last)."""
     config, split = job.config, job.setting.train
 
     def make_loader(phase_index: int):
@@ -385,6 +400,9 @@ def _seed_run(job: SeedJob, phases, mesh, image_size, evaluate_all) -> train.See
     curve = {p.name: curve_epochs(p.epochs, config.curve_points) for p in phases}
 
     def on_epoch_end(phase: str, epoch: int, prompts: Any, step: int) -> None:
+        if select_by:
+            accuracy = evaluate_all(job, prompts, only=select_by)[select_by].accuracy
+            selection.update(job.workdir, select_by, phase, epoch, step, accuracy, prompts)
         if epoch in curve[phase]:
             accs = {k: v.accuracy for k, v in evaluate_all(job, prompts).items()}
             job.history.append({"phase": phase, "epoch": epoch, "step": step, **accs})
@@ -433,6 +451,15 @@ def load_trained_prompts(source: str, method: Method, phases: list, prompts_like
     _, meta, state = restored
     phase = phases[meta["phase"]]
     return train.final_prompts(phase, state) if meta["epoch"] >= phase.epochs else state.prompts
+
+
+def is_transductive(method: Method, setting: Setting) -> bool:
+    """Whether the run saw unlabeled images of classes it is tested on: a method that trains on the unlabeled
+    images of every class, tested on a set sharing a class with its training split."""
+    if not method.trains_on_all_classes or setting.train is None:
+        return False
+    seen = set(setting.train.classnames)
+    return any(ev.splits.name == setting.train.name and seen & set(ev.splits.classnames) for ev in setting.evals)
 
 
 def _num_train_images(config, setting) -> int:

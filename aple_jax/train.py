@@ -180,7 +180,8 @@ def plan_phase(method: Method, phase: Phase, prompts: P.Tree) -> PhasePlan:
 # ------------------------------------------------------------------------------------------------------- step
 
 def make_loss_fn(method: Method, plan: PhasePlan) -> Callable:
-    """loss(selected leaves, other leaves, clip params, constants, batch) -> (total, per-term metrics)."""
+    """loss(selected leaves, other leaves, clip params, constants, batch) -> (total, per-term metrics); the metrics
+    carry "buffers", the new values of untrained leaves, when the method's `train_outputs` returns them."""
     present, weights = plan.phase.present, plan.phase.weights
     backbone = method.backbone
 
@@ -217,7 +218,10 @@ def make_loss_fn(method: Method, plan: PhasePlan) -> Callable:
             terms.update(method.own_loss_terms(outputs, logits, batch, teacher, weights))
         total = sum(weights[k] * v for k, v in terms.items() if k in weights)
         accuracy = (jnp.argmax(logits, -1) == batch["label"]).mean()
-        return total, {"loss": total, "accuracy": accuracy, **terms}
+        metrics = {"loss": total, "accuracy": accuracy, **terms}
+        if "buffers" in outputs:   # untrained leaves the forward pass updates (BatchNorm statistics)
+            metrics["buffers"] = outputs["buffers"]
+        return total, metrics
 
     return loss_fn
 
@@ -238,6 +242,9 @@ def make_train_step(method: Method, plan: PhasePlan, tx: optax.GradientTransform
             rng, next_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
             next_rng = jax.random.key_data(next_rng)
         grads, metrics = jax.grad(loss_fn, has_aux=True)(trained, frozen, clip_params, consts, batch, rng)
+        buffers = metrics.pop("buffers", {})
+        if set(buffers) - set(frozen):
+            raise ValueError(f"buffers {sorted(set(buffers) - set(frozen))} are not untrained leaves of the tree")
         full_grads = P.merge({p: jnp.zeros_like(v) for p, v in frozen.items()}, grads)
         updates, opt_state = tx.update(full_grads, state.opt_state, state.prompts)
         flat_updates = P.flatten(updates)
@@ -252,7 +259,7 @@ def make_train_step(method: Method, plan: PhasePlan, tx: optax.GradientTransform
         finite = state.finite & jnp.isfinite(metrics["loss"])
         for value in new_trained.values():
             finite = finite & jnp.all(jnp.isfinite(value))
-        new_state = state.replace(prompts=P.merge(frozen, new_trained), opt_state=opt_state, finite=finite,
+        new_state = state.replace(prompts=P.merge(frozen, buffers, new_trained), opt_state=opt_state, finite=finite,
                                   rng=next_rng)
         return new_state, metrics
 

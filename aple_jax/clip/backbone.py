@@ -65,9 +65,9 @@ def encode_text(backbone: Backbone, params: Any, embeds: Array, eot_idx: Array) 
 
 def check_weights(name: str, weights: str) -> str:
     """The weights path to load ('' for the random tiny preset), refusing a missing one before anything loads."""
-    if name == "world" and not weights:   # the tiny CLIP pretrained on the procedural world, shipped in the repo
-        from aple_jax.world import WORLD_CLIP_DIR
-        return WORLD_CLIP_DIR
+    if name in ("world", "world-large") and not weights:   # the tiny CLIPs pretrained on the procedural world,
+        from aple_jax.world import WORLD_BACKBONES                # shipped in the repo
+        return WORLD_BACKBONES[name]
     if weights and not paths.as_path(weights).exists():
         if paths.is_remote(weights):
             raise paths.storage_error(weights, "backbone.weights")     # says whether the bucket is missing

@@ -12,6 +12,7 @@ from aple_jax.methods.cocoop import CoCoOp
 from aple_jax.methods.maple import MaPLe
 from aple_jax.methods.mma import MMA
 from aple_jax.methods.mmrl import MMRL
+from aple_jax.methods.promptkd import PromptKD
 from aple_jax.methods.twostage import TwoStage
 from aple_jax.methods.zeroshot import ZeroShot
 
@@ -28,6 +29,7 @@ METHODS: dict[str, type[Method]] = {
     "mma": MMA,
     "twostage": TwoStage,
     "mmrl": MMRL,
+    "promptkd": PromptKD,  # a student distilled from a larger CLIP's teacher (transductive)
 }
 
 

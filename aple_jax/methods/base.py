@@ -7,6 +7,7 @@ modalities it is IVLP; APLe and PromptSRC add phases, loss weights and the image
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from aple_jax import prompts as P
-from aple_jax.adapter import AdapterConfig
+from aple_jax.adapter import AdapterConfig, apply_adapter
 from aple_jax.clip.backbone import Backbone
 from aple_jax.clip.tokenizer import Tokenizer
 from aple_jax import losses as L
@@ -54,6 +55,12 @@ class Phase:
         return dict(self.losses)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def frozen_image_features(backbone: Backbone, adapter: AdapterConfig | None, params: Any, images: Array) -> Array:
+    """Frozen-CLIP image features, through the image adapter when one is given (compiled once per shape)."""
+    return backbone.image(params, images if adapter is None else apply_adapter(images, adapter))
+
+
 def adapter_from_config(cfg: ml_collections.ConfigDict | None) -> AdapterConfig | None:
     if cfg is None or not cfg.get("enabled", False):
         return None
@@ -71,6 +78,10 @@ class Method:
     own_terms: dict[str, str] = {}
     # True when a phase's constants (`phase_constants`) need the training images, test-transformed, on device.
     needs_train_images = False
+    # True when the method trains on the unlabeled training images of every class, base and new (PromptKD): its
+    # base-to-novel runs are transductive.
+    trains_on_all_classes = False
+    select_by = ""           # an evaluation set whose accuracy after each epoch picks the final prompts; "": the last
 
     def __init__(self, config: ml_collections.ConfigDict, backbone: Backbone, tokenizer: Tokenizer):
         self.config = config
@@ -178,6 +189,11 @@ class Method:
         """The method's own terms named in `own_terms` (those with a weight in `weights`), from the step's
         `outputs`, its (B, C) `logits` and the frozen teacher's "text" (C, P) and "image" (B, P) features."""
         return {}
+
+    def teacher_image_features(self, clip_params: Any, images: Array, adapter: bool) -> Array:
+        """(B, P) features the cached teacher keeps of test-transformed training images (`teacher.images =
+        "cached"`): frozen CLIP's here, through the image adapter when `adapter`."""
+        return frozen_image_features(self.backbone, self.adapter if adapter else None, clip_params, images)
 
     def eval_logits(self, prompts: P.Tree, clip_params: Any, class_side: Any, images: Array, split: str) -> Array:
         """(B, C) test logits on `split` ("base", "new", "all", or a transfer target's name); `class_side` is the

@@ -13,6 +13,12 @@ checkpoints (in --workdir) sees the same data as an uninterrupted one.
 continues training a shipped model (its vocabulary kept) with `--prompt-tokens` random vision prompt tokens in half
 of every batch (shallow and deep, as IVLP inserts them): a ViT with 16 patch tokens is otherwise thrown off by four
 extra tokens it never saw, which a 197-token ViT-B/16 hardly notices.
+
+    python -m aple_jax.world.pretrain --out aple_jax/assets/world_clip_large --init-from aple_jax/assets/world_clip \
+        --vision-layers 8 --steps 900 --lr 0.0005 --warmup 50 --prompt-tokens 4
+
+grows the model before it continues (`aple_jax.world.grow.deepen`: new blocks whose residual branches start at
+zero, so training starts from exactly the old model's function) into the larger world CLIP that teaches PromptKD.
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ from aple_jax.world.attributes import sample_groups
 from aple_jax.world.bpe import train_world_bpe
 from aple_jax.world.captions import captions
 from aple_jax.world.datasets import PRETRAIN_STREAM, WORLD_DATASETS
+from aple_jax.world.grow import deepen
 from aple_jax.world.render import render
 from aple_jax.world.zeroshot import zero_shot_accuracy
 
@@ -201,18 +208,19 @@ def pretrain(cfg: CLIPConfig, tokenizer: Tokenizer, pc: PretrainConfig, workdir:
 
 
 def run(out: str, pc: PretrainConfig, workdir: str, eval_per_class: int, progress: bool = True,
-        init_from: str = "") -> dict[str, Any]:
+        init_from: str = "", vision_layers: int = 0, text_layers: int = 0) -> dict[str, Any]:
     """Vocabulary, pretraining, HF export and zero-shot evaluation into `out`; returns the training record.
 
     With `init_from` (a model this command wrote) training continues from its weights and vocabulary, and the
-    record keeps that model's record under "continued_from".
+    record keeps that model's record under "continued_from"; `vision_layers` / `text_layers` (with `init_from`)
+    first grow its towers to that depth, function-preservingly.
     """
     t0 = time.time()
     previous, init = None, None
     if init_from:
         with open(os.path.join(init_from, "training.json")) as f:
             previous = json.load(f)
-        cfg, init = load_clip(init_from)
+        cfg, init = deepen(*load_clip(init_from), vision_layers=vision_layers, text_layers=text_layers)
         os.makedirs(out, exist_ok=True)
         for name in ("vocab.json", "merges.txt"):
             if os.path.abspath(init_from) != os.path.abspath(out):
@@ -246,13 +254,18 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/world_clip_run", type=paths.user_path, help="orbax checkpoints (resumed if present)")
     parser.add_argument("--eval-per-class", type=int, default=20, help="held-out test images per class")
     parser.add_argument("--init-from", default="", type=paths.user_path, help="continue from this model (weights and vocabulary)")
+    parser.add_argument("--vision-layers", type=int, default=0, help="with --init-from: grow the vision tower to this depth")
+    parser.add_argument("--text-layers", type=int, default=0, help="with --init-from: grow the text tower to this depth")
     defaults = PretrainConfig()
     for field in dataclasses.fields(PretrainConfig):
         value = getattr(defaults, field.name)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
     pc = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
-    record = run(args.out, pc, args.workdir, args.eval_per_class, init_from=args.init_from)
+    if (args.vision_layers or args.text_layers) and not args.init_from:
+        parser.error("--vision-layers / --text-layers grow a trained model: give --init-from")
+    record = run(args.out, pc, args.workdir, args.eval_per_class, init_from=args.init_from,
+                 vision_layers=args.vision_layers, text_layers=args.text_layers)
     print(json.dumps({k: record[k] for k in ("train_seconds", "final_loss", "zero_shot")}, indent=2))
 
 
