@@ -321,7 +321,7 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
     teacher_images = None
     if any(plan.teacher_image_cached for plan in plans):
         if jax.process_index() == 0:
-            print(f"teacher.images=cached: zero-shot image features of {len(train_split.train)} training images "
+            print(f"teacher.images=cached: the teacher's image features of {len(train_split.train)} training images "
                   f"per seed, once", flush=True)
         teacher_images = _same_length([teacher_image_features(method, config, clip_params, job.setting.train, mesh,
                                                               image_size) for job in jobs])

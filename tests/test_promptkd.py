@@ -208,5 +208,6 @@ def test_a_tiny_run_trains_its_teacher_then_a_transductive_student(tmp_path):
     from aple_jax.interop.export_prompts import export
     official = export(tmp_path / "kd" / "teacher", tmp_path / "official")
     as_run = distill.load_teacher(tiny_config("promptkd", kd__teacher=str(tmp_path / "kd" / "teacher")))
-    as_file = distill.load_teacher(tiny_config("promptkd", kd__teacher=official, kd__teacher_config="configs/ivlp.py:tiny"))
+    as_file = distill.load_teacher(tiny_config("promptkd", kd__teacher=official,
+                                               kd__teacher_config="configs/ivlp.py:tiny"))
     jax.tree.map(np.testing.assert_array_equal, as_file.prompts, as_run.prompts)
