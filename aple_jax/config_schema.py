@@ -72,6 +72,7 @@ RANGES: dict[str, tuple[Check, str]] = {
     "log_every": (_int_at_least(1), "an integer >= 1"),
     "curve_points": (_int_at_least(0), "an integer >= 0 (0: no curve, evaluate at the end only)"),
     "checkpoint_every_steps": (_int_at_least(0), "an integer >= 0 (0: at epoch ends only)"),
+    "checkpoint_min_steps": (_int_at_least(0), "an integer >= 0 (0: a checkpoint at every epoch end)"),
     "dataset.shots": (_int_at_least(0), "an integer >= 1, or 0 for the full training set"),
     "dataset.num_workers": (_int_at_least(0), "an integer >= 0"),
     "dataset.synthetic.num_classes": (_int_at_least(2), "an integer >= 2"),

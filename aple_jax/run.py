@@ -28,8 +28,8 @@ from aple_jax.plugins import dpc
 # Keys that change how a run executes but not what it computes: they may differ when a run resumes.
 # (eval_every_epoch is curve_points' former name: run directories whose config.json still holds it resume.)
 OPERATIONAL_KEYS = ("dataset.num_workers", "log_every", "progress", "curve_points", "eval_every_epoch",
-                    "distributed", "checkpoint_every_steps", "eval_only_from", "pack_seeds", "progress_every_seconds",
-                    "base_run")
+                    "distributed", "checkpoint_every_steps", "checkpoint_min_steps", "eval_only_from", "pack_seeds",
+                    "progress_every_seconds", "base_run")
 # config.json's header keys beside the config: the environment that started the run (aple_jax.environment). A run
 # resumes in another environment; its results.json records both when they differ.
 HEADER_KEYS = ("environment",)
@@ -249,8 +249,8 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     per_epoch = {train.steps_per_epoch(len(s.train.train), config.batch_size) for s in settings if s.train is not None}
     phases = train.scale_phases(train.resolve_iterations(method.phases(), max(per_epoch, default=1)),
                                 config.optim.epoch_scale)
-    evaluators = [method] + ([zero_shot_reference(config, backbone, tokenizer)]
-                             if config.zeroshot.compare and phases else [])
+    reference = zero_shot_reference(config, backbone, tokenizer) if config.zeroshot.compare and phases else None
+    evaluators = [method] + ([reference] if reference is not None else [])
     for setting in settings:   # every evaluation class name fits the text context: checked before training
         check_eval_texts(evaluators, setting)
     jobs = [SeedJob(c, w, setting, method.init(jax.random.key(c.seed), clip_params, _train_classes(setting)))
@@ -260,6 +260,8 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
     image_size = backbone.cfg.image_resolution
     compilations: dict[str, int] = {}
 
+    eval_steps: dict[tuple[int, str], Any] = {}   # one compiled evaluation step per model and split, for all seeds
+
     def evaluate_all(job: SeedJob, p: Any, model: Method = method, only: str = "") -> dict[str, evaluate.EvalResult]:
         out = {}
         for ev in job.setting.evals:
@@ -267,8 +269,9 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
                 continue
             batches = eval_loader(ev.splits.test, global_batch_size=config.eval_batch_size, image_size=image_size,
                                   mesh=mesh, num_workers=config.dataset.num_workers)
+            step = eval_steps.setdefault((id(model), ev.name), evaluate.make_eval_step(model, ev.name))
             out[ev.name] = evaluate.evaluate_batches(model, p, clip_params, list(ev.splits.classnames),
-                                                     ev.splits.template, batches, split=ev.name)
+                                                     ev.splits.template, batches, step, split=ev.name)
         return out
 
     if config.eval_only_from:
@@ -292,8 +295,8 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
             results[job.workdir]["selected"] = selection.record(job.workdir, method.select_by)
         if "kd" in config:
             results[job.workdir]["kd_teacher"] = distill.teacher_summary(config.kd.teacher)
-        if config.zeroshot.compare and phases:
-            zero_shot = evaluate_all(job, {}, zero_shot_reference(config, backbone, tokenizer))
+        if reference is not None:
+            zero_shot = evaluate_all(job, {}, reference)
             results[job.workdir]["zero_shot"] = {"accuracy": {k: v.accuracy for k, v in zero_shot.items()},
                                                  "evals": {k: v.to_json() for k, v in zero_shot.items()}}
             evals.update((report_classes.ZERO_SHOT_PREFIX + k, v) for k, v in zero_shot.items())
@@ -330,7 +333,8 @@ def _train(jobs: list[SeedJob], method, phases, clip_params, mesh, image_size, s
         train_images = _same_shapes([train_image_cache(config, job.setting.train, mesh, image_size) for job in jobs])
     seeds = [_seed_run(job, phases, mesh, image_size, evaluate_all, method.select_by) for job in jobs]
     ctx = train.FitContext(mesh, clip_params, texts, teacher, config.optim, seeds, config.log_every,
-                           config.checkpoint_every_steps, stop_at_step, compilations, teacher_images, train_images)
+                           config.checkpoint_every_steps, config.checkpoint_min_steps, stop_at_step,
+                           compilations, teacher_images, train_images)
     try:
         prompts = train.fit(method, phases, [job.prompts for job in jobs], ctx)
     except BaseException:

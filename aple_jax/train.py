@@ -345,6 +345,7 @@ class FitContext:
     seeds: list[SeedRun]
     log_every: int = 10
     checkpoint_every_steps: int = 0            # 0: at epoch and phase ends only
+    checkpoint_min_steps: int = 0              # epoch-end saves at least this many steps apart (phase ends always)
     stop_at_step: int | None = None            # simulate a preemption (tests)
     compilations: dict[str, int] = dataclasses.field(default_factory=dict)
     teacher_images: list[Array] | None = None  # per seed, (N, P), with `teacher.images = "cached"`
@@ -453,7 +454,7 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
     weights = gpa_weights(phase.epochs, *phase.gpa) if phase.gpa is not None else None
     for seed in ctx.seeds:
         seed.writer.start_phase(phase.name, index, global_step, phase.epochs)
-    metrics, stop = None, False
+    metrics, stop, last_saved = None, False, global_step   # a phase starts where the last save (or step 0) was
     for epoch in range(start_epoch, phase.epochs):
         for epoch_step in range(skip_steps if epoch == start_epoch else 0, per_epoch):
             state, metrics = step_fn(state, ctx.clip_params, consts, pack([next(loader) for loader in loaders]))
@@ -469,6 +470,7 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
             if mid_epoch and (every or stop):
                 check_finite(state, phase, epoch, global_step)
                 _save(ctx, global_step, state, loaders, phase=index, epoch=epoch, epoch_step=epoch_step + 1)
+                last_saved = global_step
             if stop and mid_epoch:
                 raise Interrupted(preemption.stop_signal(), global_step)
             if ctx.stop_at_step is not None and global_step >= ctx.stop_at_step:
@@ -484,7 +486,9 @@ def _fit_phase_with(method: Method, index: int, phase: Phase, prompts: list[P.Tr
         for seed, seed_state in zip(ctx.seeds, unpack(state, k)):
             if seed.on_epoch_end is not None:
                 seed.on_epoch_end(phase.name, epoch + 1, seed_state.prompts, global_step)
-        _save(ctx, global_step, state, loaders, phase=index, epoch=epoch + 1, epoch_step=0)
+        if stop or epoch + 1 == phase.epochs or global_step - last_saved >= ctx.checkpoint_min_steps:
+            _save(ctx, global_step, state, loaders, phase=index, epoch=epoch + 1, epoch_step=0)
+            last_saved = global_step
         if stop:
             raise Interrupted(preemption.stop_signal(), global_step)
     ctx.compilations[phase.name] = step_fn._cache_size()

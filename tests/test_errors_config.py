@@ -85,7 +85,7 @@ BAD_VALUES = [
     ("seed", -1), ("optim.lr", 0.0), ("optim.lr", -1.0), ("optim.lr", math.inf), ("optim.epochs", 0),
     ("optim.momentum", 1.0), ("optim.weight_decay", -1e-4), ("optim.warmup_epochs", -1), ("optim.warmup_lr", 0.0),
     ("batch_size", 0), ("eval_batch_size", 0), ("log_every", 0), ("checkpoint_every_steps", -1),
-    ("dataset.shots", -3), ("dataset.num_workers", -1), ("dataset.synthetic.num_classes", 1),
+    ("checkpoint_min_steps", -1), ("dataset.shots", -3), ("dataset.num_workers", -1), ("dataset.synthetic.num_classes", 1),
     ("dataset.synthetic.train_per_class", 0), ("dataset.synthetic.test_per_class", 0),
     ("dataset.synthetic.image_size", 0), ("prompts.text.n_ctx", 0), ("prompts.text.depth", -1),
     ("prompts.vision.n_ctx", 0), ("prompts.vision.depth", -1), ("prompts.vision.init_std", -0.1),

@@ -61,6 +61,37 @@ def test_interrupted_run_resumes_to_the_same_prompts_bit_for_bit(tmp_path):
     assert resumed["accuracy"] == json.load(open(tmp_path / "full" / "results.json"))["accuracy"]
 
 
+def test_checkpoint_min_steps_spaces_epoch_end_saves_and_resume_stays_exact(tmp_path, monkeypatch):
+    """Epoch-end saves at least `checkpoint_min_steps` apart (the phase's end always saves); a run cut between them
+    resumes from the last one to the same prompts bit for bit, also from a run directory whose config.json predates
+    the key."""
+    saved = []
+    real_save = checkpoint.RunCheckpoints.save
+
+    def recording_save(self, step, state, meta):
+        saved.append(step)
+        real_save(self, step, state, meta)
+
+    monkeypatch.setattr(checkpoint.RunCheckpoints, "save", recording_save)
+    config = tiny_config("coop", dataset__shots=8, batch_size=8, eval_batch_size=16, optim__epochs=4,
+                         checkpoint_min_steps=12, log_every=5)
+    assert train.steps_per_epoch(5 * 8, 8) == 5        # epochs end at steps 5, 10, 15, 20
+    run(config, str(tmp_path / "full"))
+    assert saved == [15, 20]
+    with pytest.raises(train.Preempted):
+        run(config, str(tmp_path / "cut"), stop_at_step=18)
+    assert saved[2:] == [15]
+    path = tmp_path / "cut" / "config.json"
+    older = json.loads(path.read_text())
+    del older["checkpoint_min_steps"]                  # as written before the key existed
+    path.write_text(json.dumps(older))
+    run(config, str(tmp_path / "cut"))
+    assert saved[3:] == [20]                           # resumed at 15: steps 16-20 replayed, then the phase's end
+    full, cut = _prompts(tmp_path / "full"), _prompts(tmp_path / "cut")
+    for key in full:
+        np.testing.assert_array_equal(cut[key], full[key], err_msg=key)
+
+
 def test_nan_mid_run_stops_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch):
     """Epoch 1 trains at the warm-up lr and is checkpointed; on the first step of epoch 2 the lr overflows the
     prompts while the loss of that step is still finite, and a mid-epoch checkpoint falls due right then."""
