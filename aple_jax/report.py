@@ -191,8 +191,11 @@ class Group:
         return self.runs[0].results["prompt_length"]
 
 
-def load_runs(source: str, skip_unfinished: bool = False) -> list[Run]:
-    """The runs below a runs directory, or rebuilt from an aggregate results.json (aple_jax/aggregate_input.py)."""
+def load_runs(source: str | Sequence[str], skip_unfinished: bool = False) -> list[Run]:
+    """The runs below a runs directory, or rebuilt from an aggregate results.json (aple_jax/aggregate_input.py); of
+    several such sources together."""
+    if not isinstance(source, str):
+        return [run for one in source for run in load_runs(one, skip_unfinished)]
     if paths.as_path(source).is_file():
         return [Run(p, r) for p, r in aggregate_input.runs_from_aggregate(source, read_json(source))]
     return find_runs(source, skip_unfinished)
@@ -379,10 +382,11 @@ def summarize_transfer(groups: list[Group], table: TransferTable) -> list[dict[s
     return out
 
 
-def summarize(runs_dir: str, groups: list[Group], reference: bool) -> dict[str, Any]:
-    """The machine-readable aggregate (written as results.json)."""
+def summarize(runs_dir: str | Sequence[str], groups: list[Group], reference: bool) -> dict[str, Any]:
+    """The machine-readable aggregate (written as results.json); `runs_dir`: its source or sources."""
+    where = [s if paths.is_remote(s) else os.path.abspath(s) for s in _sources(runs_dir)]
     summary: dict[str, Any] = {
-        "kind": REPORT_KIND, "runs_dir": runs_dir if paths.is_remote(runs_dir) else os.path.abspath(runs_dir), "num_runs": sum(len(g.runs) for g in groups),
+        "kind": REPORT_KIND, "runs_dir": " + ".join(where), "num_runs": sum(len(g.runs) for g in groups),
         "groups": [{**g.key._asdict(), "seeds": g.seeds, "runs": [r.path for r in g.runs],
                     "prompt_length": g.prompt_length,
                     "accuracy": {e: dataclasses.asdict(s) for e, s in g.stats.items()},
@@ -739,15 +743,23 @@ def write_plots(groups: list[Group], summary: dict[str, Any], out_dir: str) -> l
 
 # ---------------------------------------------------------------------------------------------------- CLI
 
-def report(runs_dir: str, out_dir: str | None = None, reference: bool = False, skip_unfinished: bool = False,
-           plots: bool = True) -> dict[str, Any]:
-    """Reads every run below `runs_dir`, writes results.md, results.json and PNGs to `out_dir`; returns the summary."""
-    if paths.as_path(runs_dir).is_file() and (out_dir is None or _same_path(out_dir, _parent(runs_dir))):
-        raise ReportError(f"a report rebuilt from the aggregate {runs_dir} would overwrite it",
-                          hint="pass --out with another directory")
-    out_dir = out_dir or runs_dir
-    groups = group_runs(load_runs(runs_dir, skip_unfinished))
-    summary = summarize(runs_dir, groups, reference)
+def _sources(runs_dir: str | Sequence[str]) -> list[str]:
+    return [runs_dir] if isinstance(runs_dir, str) else list(runs_dir)
+
+
+def report(runs_dir: str | Sequence[str], out_dir: str | None = None, reference: bool = False,
+           skip_unfinished: bool = False, plots: bool = True) -> dict[str, Any]:
+    """Reads every run below `runs_dir` (or several runs directories and aggregates, their runs together), writes
+    results.md, results.json and PNGs to `out_dir` (default: the first); returns the summary."""
+    sources = _sources(runs_dir)
+    for source in sources:
+        if paths.as_path(source).is_file() and (out_dir is None or _same_path(out_dir, _parent(source))):
+            raise ReportError(f"a report rebuilt from the aggregate {source} would overwrite it",
+                              hint="pass --out with another directory")
+    out_dir = out_dir or sources[0]
+    groups = group_runs(load_runs(sources, skip_unfinished))
+    summary = summarize(sources, groups, reference)
+    runs_dir = sources[0]
     paths.make_dirs(out_dir)
     with tempfile.TemporaryDirectory() as scratch:      # matplotlib writes local files; a bucket gets uploads
         local = scratch if paths.is_remote(out_dir) else out_dir
@@ -770,13 +782,16 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.abspath(a) == os.path.abspath(b) if not paths.is_remote(a) else a.rstrip("/") == b.rstrip("/")
 
 
-def compare_report(source: str, pair: str, out_dir: str | None = None, skip_unfinished: bool = False) -> str:
+def compare_report(source: str | Sequence[str], pair: str, out_dir: str | None = None,
+                   skip_unfinished: bool = False) -> str:
     """`--compare A,B`: the paired differences as Markdown (returned), and compare_A_B.json / .md in `out_dir`
-    (default: the runs directory, or the directory of an aggregate results.json)."""
+    (default: the (first) runs directory, or the directory of an aggregate results.json)."""
     a, b = compare.parse_pair(pair)
-    result = compare.compare(group_runs(load_runs(source, skip_unfinished)), a, b)
-    result["source"] = source
+    sources = _sources(source)
+    result = compare.compare(group_runs(load_runs(sources, skip_unfinished)), a, b)
+    result["source"] = " + ".join(sources)
     md = compare.markdown(result)
+    source = sources[0]
     out_dir = out_dir or (_parent(source) if paths.as_path(source).is_file() else source)
     paths.make_dirs(out_dir)
     name = f"compare_{_slug(a)}_{_slug(b)}"
@@ -787,9 +802,10 @@ def compare_report(source: str, pair: str, out_dir: str | None = None, skip_unfi
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aple_jax.report", description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", type=paths.user_path,
+    parser.add_argument("runs_dir", type=paths.user_path, nargs="+",
                         help="directory searched recursively for run directories (results.json), or an "
-                             "aggregate results.json this command wrote (its per-seed values)")
+                             "aggregate results.json this command wrote (its per-seed values); several: their runs "
+                             "together (e.g. an old study's aggregate and the runs of new methods)")
     parser.add_argument("--out", type=paths.user_path,
                         help="where results.md, results.json and the PNGs go (default: RUNS_DIR)")
     parser.add_argument("--reference", action="store_true", help="add the published rows of protocol.md §6")
@@ -806,7 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(compare_report(args.runs_dir, args.compare, args.out, args.skip_unfinished))
             return 0
         summary = report(args.runs_dir, args.out, args.reference, args.skip_unfinished, not args.no_plots)
-    out = args.out or args.runs_dir
+    out = args.out or args.runs_dir[0]
     print(f"{summary['num_runs']} runs, {len(summary['groups'])} groups -> {os.path.join(out, 'results.md')}, "
           f"{os.path.join(out, 'results.json')}, {len(summary['plots'])} plots")
     for table, envs in summary["environments"].items():

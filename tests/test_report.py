@@ -209,6 +209,26 @@ def test_report_into_runs_dir_skips_its_own_aggregate(tmp_path):
     assert (tmp_path / "results.md").exists()
 
 
+def test_report_joins_an_old_aggregate_with_new_runs(tmp_path):
+    """An old study kept only as its aggregate, and runs of a new method: one report over both sources, the old
+    groups' per-seed values intact, and `--compare` across them."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for s in SEEDS:
+        write_run(old / "runs", "coop", "DTD", s, {"base": 70.0 + s, "new": 60.0})
+        write_run(new, "mma", "DTD", s, {"base": 75.0 + 2 * s, "new": 61.0})
+    R.report(str(old / "runs"), str(old / "study"), plots=False)
+    aggregate = str(old / "study" / "results.json")
+    summary = R.report([aggregate, str(new)], str(tmp_path / "joined"), plots=False)
+    assert summary["num_runs"] == 6 and len(summary["groups"]) == 2
+    values = {g["method"]: g["accuracy"]["base"]["values"] for g in summary["groups"]}
+    assert values == {"coop": [71.0, 72.0, 73.0], "mma": [77.0, 79.0, 81.0]}
+    with pytest.raises(R.ReportError, match="would overwrite it"):
+        R.report([str(new), aggregate], str(old / "study"), plots=False)
+    assert R.main([aggregate, str(new), "--compare", "mma,coop", "--out", str(tmp_path / "cmp")]) == 0
+    pair = json.loads((tmp_path / "cmp" / "compare_mma_coop.json").read_text())
+    assert pair["source"] == f"{aggregate} + {new}"
+
+
 def test_few_shot_groups_by_shots(tmp_path):
     for shots in (1, 16):
         write_run(tmp_path, "coop", "DTD", 1, {"all": 40.0 + shots}, setting="all", shots=shots)
