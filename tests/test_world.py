@@ -249,7 +249,7 @@ def test_shipped_clip_reproduces_its_recorded_zero_shot_accuracy():
 # step-budget recipes (CLIP-LoRA, 2SFS) keep their steps x WORLD_ITERATION_SCALE, resolved to whole epochs.
 WORLD_SCHEDULE = {"coop": ([200], 2400), "cocoop": ([10], 3840), "kgcoop": ([100], 300), "maple": ([5], 480),
                   "ivlp": ([20], 1920), "promptsrc": ([20], 1920), "aple": ([5, 5, 5], 1440), "mma": ([5], 120),
-                  "clip_lora": ([33], 396), "twostage": ([12, 8], 240)}
+                  "clip_lora": ([33], 396), "twostage": ([12, 8], 240), "mmrl": ([10], 960)}
 # What the world preset changes in a recipe beyond the common preset, each stated and argued in docs/world.md.
 WORLD_DEVIATIONS = {"mma": {"mma.scale": (0.001, 1.0)}, "clip_lora": {"optim.lr": (2e-4, 1e-3)},
                     "twostage": {"optim.lr": (2e-4, 1e-3)}}
@@ -350,7 +350,7 @@ def test_readme_demo_beats_zero_shot_on_base_classes(tmp_path):
 # A short budget of each new method's world recipe on WorldScenes-Tint (24 base classes, 16 shots, zero-shot 11% on
 # them): enough steps for the loss to fall and base accuracy to rise, few enough for the suite.
 WORLD_LEARNS = {"mma": dict(optim__epochs=2), "clip_lora": dict(lora__iterations_per_shot=5),
-                "twostage": dict(twostage__iterations_per_shot=5)}
+                "twostage": dict(twostage__iterations_per_shot=5), "mmrl": dict(optim__epochs=1)}
 
 
 @pytest.mark.slow
