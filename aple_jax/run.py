@@ -255,6 +255,9 @@ def _run_pending(pending, stop_at_step) -> dict[str, Any]:
         check_eval_texts(evaluators, setting)
     jobs = [SeedJob(c, w, setting, method.init(jax.random.key(c.seed), clip_params, _train_classes(setting)))
             for (c, w), setting in zip(pending, settings)]
+    if isinstance(method, dpc.DPC):   # stage 1 from a finished run: each seed its own prompts
+        for job in jobs:
+            job.prompts = method.with_stage1_run(job.prompts, job.config)
     for job in jobs if jax.process_index() == 0 else ():
         print(f"seed {job.config.seed}: {job.setting.train.summary()}", flush=True)
     image_size = backbone.cfg.image_resolution

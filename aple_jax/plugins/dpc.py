@@ -183,12 +183,19 @@ class DPC:
 
     # ------------------------------------------------------------------------------------------- the tree
     def init(self, rng: Array, clip_params: Any, classnames: Sequence[str] = ()) -> P.Tree:
-        """The base method's tree (or a finished stage-1 run's prompts), beside a copy of it as the stage-1
-        prompts (set again as stage 2 starts) and the stage-2 flag."""
+        """The base method's tree beside a copy of it as the stage-1 prompts (set again as stage 2 starts) and the
+        stage-2 flag."""
         tree = super().init(rng, clip_params, classnames)
-        if self.dpc["stage1_from"]:
-            tree = prompt_files.read_prompts(paths.join(stage1_dir(self.config), "prompts.npz"), tree)
         return {**tree, KEY: {"stage1": jax.tree.map(jnp.copy, tree), "started": jnp.zeros((), jnp.float32)}}
+
+    def with_stage1_run(self, prompts: P.Tree, config: ml_collections.ConfigDict) -> P.Tree:
+        """`prompts` with the base method's leaves from the finished stage-1 run of `config`'s seed
+        (`dpc.stage1_from`; each packed seed its own), unchanged without one."""
+        path = stage1_dir(config)
+        if path is None:
+            return prompts
+        tree = prompt_files.read_prompts(paths.join(path, "prompts.npz"), base_tree(prompts))
+        return {**tree, KEY: {"stage1": jax.tree.map(jnp.copy, tree), "started": prompts[KEY]["started"]}}
 
     def begin_phase(self, index: int, prompts: P.Tree, clip_params: Any, texts: P.ClassTexts) -> P.Tree:
         """As stage 2 starts: the stage-1 prompts are copied aside, frozen; the trained leaves start at them."""
