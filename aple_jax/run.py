@@ -36,7 +36,9 @@ HEADER_KEYS = ("environment",)
 # Keys added after run directories existed, each with the value under which such a run computed what it did: a
 # config.json without the key resumes when the current config holds that value.
 ADDED_KEYS = {"optim.name": "sgd", "optim.betas": [0.9, 0.999], "optim.eps": 1e-8, "optim.no_decay": [],
-              "optim.schedule": "cosine_epoch", "optim.min_lr": 0.0, "plugin": ""}
+              "optim.schedule": "cosine_epoch", "optim.min_lr": 0.0, "plugin": "",
+              # MMRL++'s switch and settings (added after MMRL): an MMRL run before them was plain MMRL
+              "mmrl.plus": False, "mmrl.beta": 0.9, "mmrl.res_rank": 4, "mmrl.proj_rank": 64}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -231,3 +231,16 @@ def test_packed_seeds_match_separate_runs(tmp_path, method):
         assert json.load(open(tmp_path / "packed" / f"seed{seed}" / "config.json")) == \
             json.load(open(tmp_path / f"alone{seed}" / "config.json"))
         assert alone["evals"]["base"]["num_examples"] == packed[seed - 1]["evals"]["base"]["num_examples"]
+
+
+def test_an_mmrl_run_directory_from_before_mmrl_plus_resumes_as_plain_mmrl(tmp_path):
+    config = tiny_config("mmrl")
+    check_workdir_config(str(tmp_path), config)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("plus", "beta", "res_rank", "proj_rank"):   # as written before MMRL++ existed
+        del saved["mmrl"][key]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_workdir_config(str(tmp_path), config, write=False)
+    config.mmrl.plus = True
+    with pytest.raises(ValueError, match=r"made by another config \(mmrl.plus: False -> True"):
+        check_workdir_config(str(tmp_path), config, write=False)
