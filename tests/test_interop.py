@@ -240,40 +240,57 @@ def test_official_checkpoint_imports_leaf_by_leaf_and_round_trips_bit_exact(meth
         assert again[k].dtype == leaves[k].dtype and again[k].tobytes() == leaves[k].tobytes(), k
 
 
-def mma_reference(model, sd, scale, pixels, ids):
-    """The official MMA forward on a transformers CLIP: each adapted block (the state dict's index l, from 1) adds
-    `scale * up(shared(down(ln_1 x)))` of its input to its output; (image features, text features)."""
+class GradientScale(torch.autograd.Function):
+    """The identity whose backward multiplies the gradient by `factor` (MMA's `gradient_scale_layer`)."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def mma_reference(model, sd, scale, pixels, ids, layers=("input", "output")):
+    """The official MMA forward on a transformers CLIP, as `ModifiedResidualAttentionBlock` computes it: each adapted
+    block (the state dict's index l, from 1) adds `gsl(scale * up(shared(down(ln_1(gsl(x, scale))))), 1 / scale)` of
+    its input x to its output; `layers` names the gradient-scale layers kept. (image features, text features),
+    differentiable in `sd`'s tensors."""
     F = torch.nn.functional
+
+    def gsl(side, x, factor):
+        return GradientScale.apply(x, factor) if side in layers else x
 
     def hook(tower, index):
         def add(module, args, output):
-            y = F.relu(F.linear(module.layer_norm1(args[0]), sd[f"{tower}.{index}.down.0.weight"],
-                                sd[f"{tower}.{index}.down.0.bias"]))
+            y = module.layer_norm1(gsl("input", args[0], scale))
+            y = F.relu(F.linear(y, sd[f"{tower}.{index}.down.0.weight"], sd[f"{tower}.{index}.down.0.bias"]))
             y = F.relu(F.linear(y, sd[f"shared_adapter.{index}.0.weight"], sd[f"shared_adapter.{index}.0.bias"]))
-            return output + scale * F.linear(y, sd[f"{tower}.{index}.up.weight"], sd[f"{tower}.{index}.up.bias"])
+            y = F.linear(y, sd[f"{tower}.{index}.up.weight"], sd[f"{tower}.{index}.up.bias"]) * scale
+            return output + gsl("output", y, 1.0 / scale)
         return add
 
     handles = [layer.register_forward_hook(hook(tower, i + 1))
-               for tower, layers in (("text_adapter", model.text_model.encoder.layers),
-                                     ("visual_adapter", model.vision_model.encoder.layers))
-               for i, layer in enumerate(layers) if f"{tower}.{i + 1}.up.weight" in sd]
+               for tower, layers_ in (("text_adapter", model.text_model.encoder.layers),
+                                      ("visual_adapter", model.vision_model.encoder.layers))
+               for i, layer in enumerate(layers_) if f"{tower}.{i + 1}.up.weight" in sd]
     try:
-        with torch.no_grad():
-            img = model.get_image_features(pixel_values=pixels)
-            txt = model.get_text_features(input_ids=torch.as_tensor(ids, dtype=torch.long))
+        img = model.get_image_features(pixel_values=pixels)
+        txt = model.get_text_features(input_ids=torch.as_tensor(ids, dtype=torch.long))
     finally:
         for h in handles:
             h.remove()
-    return [getattr(x, "pooler_output", x).numpy() for x in (img, txt)]
+    return [getattr(x, "pooler_output", x) for x in (img, txt)]
 
 
-def test_an_imported_mma_checkpoint_gives_the_official_forwards_features(hf_tiny, tmp_path):
-    """Adapters from an official MMA file, on the same CLIP, give the features and logits of the official forward
-    (a torch reference with the adapters hooked into transformers' blocks): blocks, towers and the shared
-    projection land where the official code applies them."""
+def mma_case(hf_tiny, tmp_path, scale):
+    """An official MMA file (random adapters) and our method with it imported: (method, params, prompts, class
+    texts, official state dict, pixels (torch), token ids, our images)."""
     import jax.numpy as jnp
 
-    from aple_jax import interop, losses
+    from aple_jax import interop
     from aple_jax.clip.backbone import Backbone
     from aple_jax.clip.model import CLIP
     from aple_jax.clip.tokenizer import Tokenizer
@@ -284,17 +301,31 @@ def test_an_imported_mma_checkpoint_gives_the_official_forwards_features(hf_tiny
     g = torch.Generator().manual_seed(3)
     sd = mma_state_dict(lambda *shape: 0.2 * torch.randn(*shape, generator=g))
     path = save_official(str(tmp_path / "output"), "mma", sd)
-    scale = 0.5   # the recipe's 0.001 moves features by ~1e-3: too little to tell a misplaced adapter apart
     method = build_method(config("mma", mma__scale=scale), Backbone(CLIP(cfg)), Tokenizer.builtin_tiny())
     prompts = interop.load_prompts(path, method, jax.eval_shape(method.init, jax.random.key(0), params))
     names = ["red circle", "green square", "blue triangle"]
     texts = method.class_texts(params, names)
     ids, _ = method.tokenizer.tokenize(method.eval_texts(names, ""), cfg.context_length)
     pixels = torch.randn(3, 3, cfg.image_resolution, cfg.image_resolution, generator=g)
-    img = method.image_features(prompts, params, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1)))
+    images = jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1))
+    return method, params, prompts, texts, sd, pixels, ids, images
+
+
+def test_an_imported_mma_checkpoint_gives_the_official_forwards_features(hf_tiny, tmp_path):
+    """Adapters from an official MMA file, on the same CLIP, give the features and logits of the official forward
+    (a torch reference with the adapters hooked into transformers' blocks): blocks, towers and the shared
+    projection land where the official code applies them."""
+    import jax.numpy as jnp
+
+    from aple_jax import losses
+
+    scale = 0.5   # the recipe's 0.001 moves features by ~1e-3: too little to tell a misplaced adapter apart
+    method, params, prompts, texts, sd, pixels, ids, images = mma_case(hf_tiny, tmp_path, scale)
+    img = method.image_features(prompts, params, images)
     txt = method.text_features(prompts, params, texts)
-    want_img, want_txt = mma_reference(hf_tiny, sd, scale, pixels, ids)
-    plain_img, plain_txt = mma_reference(hf_tiny, {}, scale, pixels, ids)
+    with torch.no_grad():
+        want_img, want_txt = (x.numpy() for x in mma_reference(hf_tiny, sd, scale, pixels, ids))
+        plain_img, plain_txt = (x.numpy() for x in mma_reference(hf_tiny, {}, scale, pixels, ids))
     logit_scale = float(np.exp(hf_tiny.logit_scale.item()))
     want = losses.cosine_logits(logit_scale, jnp.asarray(want_img), jnp.asarray(want_txt))
     got = losses.cosine_logits(method.backbone.logit_scale(params), img, txt)
@@ -302,6 +333,51 @@ def test_an_imported_mma_checkpoint_gives_the_official_forwards_features(hf_tiny
         assert np.linalg.norm(theirs - plain) > 1e-2 * np.linalg.norm(plain), name   # the adapters matter
         np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-4, atol=1e-5, err_msg=name)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_mma_gradients_are_the_official_gradient_scale_layers(hf_tiny, tmp_path):
+    """At the recipe's scale 0.001, the CE gradient of every adapter leaf (both towers, both blocks, the shared
+    projections) equals the official code's, whose gradient-scale layers make it 1/scale times the true gradient
+    for the adapter's own leaves and leave the gradient to its input (the earlier blocks') true."""
+    import jax.numpy as jnp
+
+    from aple_jax import losses
+
+    scale = 0.001
+    method, params, prompts, texts, sd, pixels, ids, images = mma_case(hf_tiny, tmp_path, scale)
+    labels = np.array([2, 0, 1])
+
+    def ours(tree):
+        logits = losses.cosine_logits(method.backbone.logit_scale(params), method.image_features(tree, params, images),
+                                      method.text_features(tree, params, texts))
+        return losses.cross_entropy(logits, jnp.asarray(labels))
+
+    loss, grads = jax.jit(jax.value_and_grad(ours))(prompts)
+    grads = P.flatten(grads)
+
+    def official(layers):
+        leaves = {k: (v.clone().requires_grad_(True) if v.is_floating_point() and k not in BUFFERS else v)
+                  for k, v in sd.items()}
+        img, txt = mma_reference(hf_tiny, leaves, scale, pixels, ids, layers)
+        img, txt = (torch.nn.functional.normalize(x, dim=-1) for x in (img, txt))
+        ce = torch.nn.functional.cross_entropy(hf_tiny.logit_scale.exp() * img @ txt.t(), torch.as_tensor(labels))
+        ce.backward()
+        return ce.item(), {ours_: (leaves[theirs].grad.T if linear else leaves[theirs].grad).numpy()
+                           for ours_, (theirs, linear) in EXPECTED["mma"].items()}
+
+    want_loss, want = official(("input", "output"))
+    np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
+    assert sorted(grads) == sorted(want)
+    for path, g in want.items():
+        np.testing.assert_allclose(np.asarray(grads[path]), g, rtol=2e-4, atol=1e-5 * np.abs(g).max(), err_msg=path)
+    # Together the two layers make every adapter gradient 1/scale times the true one (the gradient reaching the
+    # residual stream stays true); without the input-side layer block 1's adapters, whose output feeds block 2's
+    # adapter input, get another gradient.
+    _, true = official(())
+    for path, g in want.items():
+        np.testing.assert_allclose(true[path] / scale, g, rtol=1e-4, atol=1e-5 * np.abs(g).max(), err_msg=path)
+    _, output_only = official(("output",))
+    assert not any(np.allclose(output_only[p], g, rtol=0.01, atol=0) for p, g in want.items() if "block_0" in p)
 
 
 def test_clip_shapes_are_openais_layout(openai_tiny):

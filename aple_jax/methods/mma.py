@@ -4,9 +4,9 @@ CE on "a photo of a {class}."; no prompt tokens.
 As the official `clip/model.py` has it, block l (from 1) in `[start, end]` outputs
 `x + attn(ln_1 x) + mlp(...) + s * up(shared(down(ln_1 x)))` with `down` = Linear + ReLU (width -> dim),
 `shared` = Linear + ReLU (dim -> dim, one per block, used by both towers), `up` = Linear (dim -> width), and a gradient
-scale layer on each side: the adapter's input gradient is scaled by s and its output's by 1/s, so the parameters
-learn as if s were 1 while the forward adds s times the adapter. Kernels start as PyTorch's
-`kaiming_normal_(mode="fan_out", nonlinearity="relu")`, biases at zero.
+scale layer on each side: the adapter's input gradient is scaled by s and its output's by 1/s, so every adapter
+leaf's gradient is 1/s times its true one while the gradient reaching the residual stream stays true. Kernels start
+as PyTorch's `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, biases at zero.
 """
 from __future__ import annotations
 
