@@ -318,6 +318,19 @@ def test_demo_is_the_world_preset_with_three_packed_seeds():
     assert aple.get_config("demo,seeds=4+5").pack_seeds == "4,5"
 
 
+def test_world_prompt_depth_follows_the_tower():
+    """Prompts reach 3/4 of a world tower (as 9 of ViT-B's 12): 3 of the shipped CLIP's 4 blocks per tower, 6 of the
+    larger CLIP's 8 vision blocks (its text tower keeps 4 blocks, so 3); a shallower recipe stays as it is."""
+    from configs import coop, promptsrc
+
+    for args, depths in (("world", (3, 3)), ("world,backbone=world-large", (3, 6)),
+                         ("demo,backbone=world-large", (3, 6))):
+        c = promptsrc.get_config(args)
+        assert (c.prompts.text.depth, c.prompts.vision.depth) == depths, args
+    assert coop.get_config("world,backbone=world-large").prompts.vision.depth == \
+        min(coop.get_config("").prompts.vision.depth, 6)
+
+
 @pytest.mark.slow
 def test_readme_demo_beats_zero_shot_on_base_classes(tmp_path):
     """`python launch.py --config configs/aple.py:demo` (the README's main job): APLe on a world dataset with room
