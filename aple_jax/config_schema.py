@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Any, Callable, Iterator
 
 import ml_collections
@@ -114,6 +115,12 @@ RANGES: dict[str, tuple[Check, str]] = {
     "mmrl.proj_rank": (_int_at_least(1), "an integer >= 1"),
     "dept.weight": (_unit, "a number in [0, 1] (the head's share of the loss and of the base-class logits)"),
     "dept.head_lr_scale": (_positive, "a finite number > 0"),
+    "dpc.weight": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1] (the parallel prompt is P + (M - P) / w)"),
+    "dpc.weight_new": (_unit, "a number in [0, 1] (0: new classes keep the stage-1 prompts)"),
+    "dpc.top_k": (_int_at_least(2), "an integer >= 2"),
+    "dpc.min_negatives": (_int_at_least(0), "an integer >= 0"),
+    "dpc.epochs": (_int_at_least(1), "an integer >= 1"),
+    "dpc.lr": (_positive, "a finite number > 0"),
     "kd.temperature": (_positive, "a finite number > 0"),
 }
 
@@ -200,6 +207,7 @@ def problems(config: ml_collections.ConfigDict, check_paths: bool = True) -> Ite
         if key in flat and flat[key] not in options:
             yield f"{key}={flat[key]!r}; expected one of {', '.join(map(repr, options))}"
     yield from _loss_weights(flat)
+    yield from _dpc(flat)
     yield from _paths(flat)
     yield from _dataset(config, check_paths)
     yield from _backbone(config, check_paths)
@@ -221,8 +229,25 @@ def _loss_weights(flat: dict[str, Any]) -> Iterator[str]:
         yield f"stage1.feature_l1={l1!r}; expected two finite numbers >= 0 (text, image)"
 
 
+def _dpc(flat: dict[str, Any]) -> Iterator[str]:
+    """DPC's rules across its keys: no more forced negatives than top-k slots; the decoupled leaves as regexes."""
+    top_k, least = flat.get("dpc.top_k"), flat.get("dpc.min_negatives")
+    if _int_at_least(2)(top_k) and _int_at_least(0)(least) and least > top_k:
+        yield f"dpc.min_negatives={least!r}; expected at most dpc.top_k={top_k!r}"
+    decoupled = flat.get("dpc.decoupled", [])
+    if not isinstance(decoupled, (list, tuple)) or not all(isinstance(p, str) for p in decoupled):
+        yield f"dpc.decoupled={decoupled!r}; expected a list of regular expressions over trained leaf paths"
+        return
+    for pattern in decoupled:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            yield f"dpc.decoupled={decoupled!r}: {pattern!r} is not a regular expression ({e})"
+
+
 # Every config key that holds a path (local or gs://).
-PATH_KEYS = ("dataset.root", "backbone.weights", "backbone.tokenizer", "eval_only_from", "base_run", "kd.teacher")
+PATH_KEYS = ("dataset.root", "backbone.weights", "backbone.tokenizer", "eval_only_from", "base_run", "kd.teacher",
+             "dpc.stage1_from")
 
 
 def _paths(flat: dict[str, Any]) -> Iterator[str]:

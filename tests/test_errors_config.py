@@ -58,6 +58,8 @@ CLI_CASES = [
          "/nonexistent/split.json"),
     Case("plugin", launch("--config", TINY + ",plugin=nope", "--workdir", "/tmp/x"), "plugin='nope'; expected one of"),
     Case("plugin_key", launch("--config", TINY, "--workdir", "/tmp/x", "--config.plugin=nope"), "plugin='nope'"),
+    Case("dpc_weight", launch("--config", TINY + ",plugin=dpc", "--workdir", "/tmp/x", "--config.dpc.weight=0"),
+         "dpc.weight=0"),
     Case("backbone_name", launch("--config", TINY, "--workdir", "/tmp/x", "--config.backbone.name=ViT-X"),
          "backbone.name='ViT-X'"),
 ]
@@ -100,11 +102,17 @@ BAD_VALUES = [
     ("stage2.loss", "kl"), ("stage1.feature_l1", (1.0,)), ("dataset.crop_scale", (0.5, 0.2)),
     ("pack_seeds", "1,x"), ("pack_seeds", "-1"), ("dataset.name", "Petz"), ("backbone.name", "ViT-X"),
     ("dataset.root", "/nonexistent/data"), ("mmrl.alpha", 1.5), ("mmrl.reg_weight", -1.0), ("mmrl.n_tokens", 0),
+    ("dpc.weight", 0.0), ("dpc.weight", 1.5), ("dpc.weight_new", 1.5), ("dpc.top_k", 1), ("dpc.top_k", 2.5),
+    ("dpc.min_negatives", -1), ("dpc.min_negatives", 9), ("dpc.epochs", 0), ("dpc.lr", 0.0),
+    ("dpc.decoupled", ("text/(ctx",)), ("dpc.decoupled", "text/ctx"),
 ]
 
 
 def _config(key, value):
-    c = tiny_config(key.split(".")[0] if key.startswith(("cocoop.", "mmrl.")) else "aple")
+    if key.startswith("dpc."):
+        c = tiny_config("coop", "tiny,plugin=dpc")
+    else:
+        c = tiny_config(key.split(".")[0] if key.startswith(("cocoop.", "mmrl.")) else "aple")
     *parents, last = key.split(".")
     node = c
     for p in parents:
@@ -136,6 +144,11 @@ def test_each_rule_names_its_key_and_value(key, value):
 def test_cross_field_rules_against_the_backbone(key, value, needle):
     with pytest.raises(ConfigError, match=needle):
         config_schema.validate(_config(key, value))
+
+
+def test_dpcs_stage1_run_is_a_path_checked_with_the_others():
+    with pytest.raises(ConfigError, match="^dpc.stage1_from: .*'gcs://b/run'"):
+        config_schema.validate(_config("dpc.stage1_from", "gcs://b/run"))
 
 
 def test_maple_depth_is_bounded_by_the_vision_tower():
