@@ -108,7 +108,7 @@ def compare(groups: list[Group], a: str, b: str) -> dict[str, Any]:
                           f"(method or method-tag): {', '.join(present)}")
     chosen = {n: [g for g in groups if system_name(g.key.method, g.key.tag) == n] for n in (a, b)}
     va, vb = per_seed_values(chosen[a]), per_seed_values(chosen[b])
-    envs = environment.summarize((r.path, r.results) for n in (a, b) for g in chosen[n] for r in g.runs)
+    envs = environment.summarize((r.name, r.results) for n in (a, b) for g in chosen[n] for r in g.runs)
     # a transductive system is named with its mark in every row and verdict
     a, b = (f"{n} {TRANSDUCTIVE}" if any(g.key.transductive for g in chosen[n]) else n for n in (a, b))
     rows = []

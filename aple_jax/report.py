@@ -150,8 +150,9 @@ class GroupKey(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    path: str                 # the run directory
+    path: str                 # the run directory (for a run rebuilt from an aggregate: the name the aggregate records)
     results: dict[str, Any]
+    name: str                 # what a report records: the run directory relative to its runs directory (run_name)
 
     @property
     def key(self) -> GroupKey:
@@ -193,16 +194,30 @@ class Group:
 
 def load_runs(source: str | Sequence[str], skip_unfinished: bool = False) -> list[Run]:
     """The runs below a runs directory, or rebuilt from an aggregate results.json (aple_jax/aggregate_input.py); of
-    several such sources together."""
-    if not isinstance(source, str):
-        return [run for one in source for run in load_runs(one, skip_unfinished)]
-    if paths.as_path(source).is_file():
-        return [Run(p, r) for p, r in aggregate_input.runs_from_aggregate(source, read_json(source))]
-    return find_runs(source, skip_unfinished)
+    several such sources together, named relative to the first (the folder of an aggregate given first)."""
+    sources = _sources(source)
+    base = _parent(sources[0]) if paths.as_path(sources[0]).is_file() else sources[0]
+    runs = []
+    for one in sources:
+        if paths.as_path(one).is_file():   # the names it records, as they are (absolute in aggregates before)
+            runs += [Run(p, r, p) for p, r in aggregate_input.runs_from_aggregate(one, read_json(one))]
+        else:
+            runs += [dataclasses.replace(r, name=run_name(r.path, base)) for r in find_runs(one, skip_unfinished)]
+    return runs
+
+
+def run_name(path: str, runs_dir: str) -> str:
+    """A run directory as a report records it: relative to `runs_dir`, so that the aggregate reads the same wherever
+    the runs directory lies (as it is where the two are not on the same storage)."""
+    if paths.is_remote(path) != paths.is_remote(runs_dir):
+        return path
+    strip = lambda p: p.split("://", 1)[-1]
+    return os.path.relpath(strip(path), strip(runs_dir))
 
 
 def find_runs(runs_dir: str, skip_unfinished: bool = False) -> list[Run]:
-    """Every run's results.json below `runs_dir`; unfinished run directories raise unless skipped."""
+    """Every run's results.json below `runs_dir`, named relative to it; unfinished run directories raise unless
+    skipped."""
     if not paths.as_path(runs_dir).is_dir():
         raise ReportError(f"runs directory {runs_dir} does not exist")
     runs, unfinished = [], []
@@ -212,7 +227,7 @@ def find_runs(runs_dir: str, skip_unfinished: bool = False) -> list[Run]:
         if "results.json" in files:
             results = _read_results(os.path.join(path, "results.json"))
             if results is not None:
-                runs.append(Run(path, results))
+                runs.append(Run(path, results, run_name(path, runs_dir)))
         elif started:
             unfinished.append(path)
     if unfinished and not skip_unfinished:
@@ -383,11 +398,11 @@ def summarize_transfer(groups: list[Group], table: TransferTable) -> list[dict[s
 
 
 def summarize(runs_dir: str | Sequence[str], groups: list[Group], reference: bool) -> dict[str, Any]:
-    """The machine-readable aggregate (written as results.json); `runs_dir`: its source or sources."""
-    where = [s if paths.is_remote(s) else os.path.abspath(s) for s in _sources(runs_dir)]
+    """The machine-readable aggregate (written as results.json); `runs_dir`: its source or sources, recorded as
+    given, and the runs by their names relative to the first (`load_runs`)."""
     summary: dict[str, Any] = {
-        "kind": REPORT_KIND, "runs_dir": " + ".join(where), "num_runs": sum(len(g.runs) for g in groups),
-        "groups": [{**g.key._asdict(), "seeds": g.seeds, "runs": [r.path for r in g.runs],
+        "kind": REPORT_KIND, "runs_dir": " + ".join(_sources(runs_dir)), "num_runs": sum(len(g.runs) for g in groups),
+        "groups": [{**g.key._asdict(), "seeds": g.seeds, "runs": [r.name for r in g.runs],
                     "prompt_length": g.prompt_length,
                     "accuracy": {e: dataclasses.asdict(s) for e, s in g.stats.items()},
                     **({"hm": g.hm} if g.hm is not None else {})} for g in groups],
@@ -406,7 +421,7 @@ def summarize(runs_dir: str | Sequence[str], groups: list[Group], reference: boo
 def table_environments(groups: list[Group]) -> dict[str, Any]:
     """Per table (base2new, each transfer table, groups: every run), the environments of the runs it shows."""
     def of(selected: Iterable[Group]) -> dict[str, Any]:
-        return environment.summarize((r.path, r.results) for g in selected for r in g.runs)
+        return environment.summarize((r.name, r.results) for g in selected for r in g.runs)
 
     out = {"base2new": of(g for g in groups if g.key.setting == "base2new")}
     for t in TRANSFER_TABLES:

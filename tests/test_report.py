@@ -229,6 +229,30 @@ def test_report_joins_an_old_aggregate_with_new_runs(tmp_path):
     assert pair["source"] == f"{aggregate} + {new}"
 
 
+def test_the_aggregate_records_runs_relative_to_the_runs_directory(tmp_path, monkeypatch):
+    """Readable and portable: no absolute path in results.json or results.md; runs joined from another source are
+    named relative to the first; aggregates written before, with absolute paths, still read."""
+    for s in SEEDS:
+        write_run(tmp_path / "study" / "runs", "coop", "DTD", s, {"base": 70.0 + s, "new": 60.0})
+        write_run(tmp_path / "new", "mma", "DTD", s, {"base": 75.0 + s, "new": 61.0})
+    monkeypatch.chdir(tmp_path / "study")
+    summary = R.report("runs", plots=False)
+    assert summary["runs_dir"] == "runs"
+    assert summary["groups"][0]["runs"] == [f"coop/base2new/DTD/shots_16/seed{s}" for s in SEEDS]
+    for name in ("results.json", "results.md"):
+        assert str(tmp_path) not in (tmp_path / "study" / "runs" / name).read_text()
+    joined = R.report(["runs", str(tmp_path / "new")], "joined", plots=False)
+    assert {r for g in joined["groups"] for r in g["runs"]} == {
+        *summary["groups"][0]["runs"], *(f"../../new/mma/base2new/DTD/shots_16/seed{s}" for s in SEEDS)}
+    old = json.loads((tmp_path / "study" / "runs" / "results.json").read_text())   # as report wrote it before
+    old["runs_dir"] = str(tmp_path / "study" / "runs")
+    old["groups"][0]["runs"] = [str(tmp_path / "study" / "runs" / r) for r in old["groups"][0]["runs"]]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    again = R.report([str(tmp_path / "old.json")], "again", plots=False)
+    assert again["groups"][0]["accuracy"] == summary["groups"][0]["accuracy"]
+    assert again["groups"][0]["runs"] == old["groups"][0]["runs"]   # names it recorded, kept as they are
+
+
 def test_few_shot_groups_by_shots(tmp_path):
     for shots in (1, 16):
         write_run(tmp_path, "coop", "DTD", 1, {"all": 40.0 + shots}, setting="all", shots=shots)
