@@ -92,11 +92,23 @@ def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     return c
 
 
+def no_teacher(what: str) -> ConfigError:
+    """The error of a student evaluated without the teacher it was distilled from."""
+    return ConfigError(f"{what}: a PromptKD student scores images against its teacher's class text features, and "
+                       f"kd.teacher is empty; give the teacher it was distilled from: kd.teacher=<its run directory>, "
+                       f"or an official teacher checkpoint with kd.teacher_config=<its method and CLIP>",
+                       hint="e.g. teacher=teacher_model/<dataset>/VLPromptLearner/model-best.pth.tar "
+                            "--config.kd.teacher_config=configs/promptsrc.py:backbone=ViT-L/14,weights=/path/ViT-L-14 "
+                            "(docs/migrating.md, PromptKD)")
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
     """The run's config with `kd.teacher` set: the given teacher, or `<workdir>/teacher` trained now (resumed when
-    it is under way, reused when it is finished)."""
+    it is under way, reused when it is finished); an evaluation of trained prompts must name its teacher."""
     if config.kd.teacher:
         return config
+    if config.eval_only_from:   # a new teacher is not the one the student learned from
+        raise no_teacher(f"eval_only_from={config.eval_only_from!r}")
     directory = str(paths.join(workdir, TEACHER_DIR))
     from aple_jax.run import run
     print(f"training the teacher ({config.kd.teacher_config}) in {directory}", flush=True)
@@ -110,6 +122,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
 def load_teacher(config: ml_collections.ConfigDict) -> Teacher:
     """The frozen teacher named by `kd.teacher` (a run directory of ours or an official checkpoint)."""
     source = config.kd.teacher
+    if not source:
+        raise no_teacher("this PromptKD config")
     path = paths.as_path(source)
     if interop.is_official_checkpoint(path):
         tcfg = load_teacher_config(config.kd.teacher_config) if config.kd.teacher_config else None

@@ -23,17 +23,19 @@ from aple_jax.interop.import_prompts import import_checkpoint  # noqa: E402
 from aple_jax.prompt_files import read_leaves, read_prompts_meta  # noqa: E402
 from aple_jax.run import run  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
-from tests.torch_modules import StateDictModule  # noqa: E402
+from tests.torch_modules import PromptedVisionTransformer, PromptKDStudent, StateDictModule  # noqa: E402
 from tests.test_clip_parity import TINY_TEXT, TINY_VISION, hf_clip, hf_to_openai  # noqa: E402
 
 TINY = get_config("tiny")
 N_CLS = 5
-EPOCHS = {"coop": 200, "kgcoop": 100, "cocoop": 10, "maple": 5, "ivlp": 20, "promptsrc": 20, "mma": 5, "mmrl": 10}
+EPOCHS = {"coop": 200, "kgcoop": 100, "cocoop": 10, "maple": 5, "ivlp": 20, "promptsrc": 20, "mma": 5, "mmrl": 10,
+          "promptkd": 20}
 MODEL = {"coop": "prompt_learner", "kgcoop": "prompt_learner", "cocoop": "prompt_learner",
          "maple": "MultiModalPromptLearner", "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner",
-         "mma": "adapter_learner", "mmrl": "MultiModalRepresentationLearner"}
+         "mma": "adapter_learner", "mmrl": "MultiModalRepresentationLearner", "promptkd": "VLPromptLearner"}
 # What each tiny config's prompt leaf is called in the official file (read from the official trainers, written
-# here independently of aple_jax/interop/mapping.py): (official key, Linear weight stored (out, in)).
+# here independently of aple_jax/interop/mapping.py): (official key, Linear weight stored (out, in): True, 1x1 conv
+# weight stored (out, in, 1, 1): "conv").
 EXPECTED = {
     "coop": {"text/ctx": ("ctx", False)},
     "kgcoop": {"text/ctx": ("ctx", False)},
@@ -69,6 +71,17 @@ EXPECTED["mmrl"] = {"rep_tokens": ("representation_learner.compound_rep_tokens",
 EXPECTED["mmrl"].update({f"{tower}/r2{t}proj_{k}/{leaf}": (f"representation_learner.compound_rep_tokens_r2{t}proj.{k}."
                                                           f"{_TORCH_LEAF[leaf]}", leaf == "kernel")
                          for tower, t in (("text", "t"), ("vision", "v")) for k in (0, 1) for leaf in _TORCH_LEAF})
+# PromptKD's student: IVLP's vision prompts and `VPT_image_trans.conv1` = Sequential(conv, BatchNorm, ReLU, conv).
+EXPECTED["promptkd"] = {"vision/shallow": ("image_encoder.VPT", False),
+                        "vision/deep_1": ("image_encoder.transformer.resblocks.1.VPT_shallow", False),
+                        "proj/fc1/kernel": ("VPT_image_trans.conv1.0.weight", "conv"),
+                        "proj/fc1/bias": ("VPT_image_trans.conv1.0.bias", False),
+                        "proj/bn/scale": ("VPT_image_trans.conv1.1.weight", False),
+                        "proj/bn/bias": ("VPT_image_trans.conv1.1.bias", False),
+                        "proj_stats/mean": ("VPT_image_trans.conv1.1.running_mean", False),
+                        "proj_stats/var": ("VPT_image_trans.conv1.1.running_var", False),
+                        "proj/fc2/kernel": ("VPT_image_trans.conv1.3.weight", "conv"),
+                        "proj/fc2/bias": ("VPT_image_trans.conv1.3.bias", False)}
 BUFFERS = ("token_prefix", "token_suffix", "token_embedding", "tokenized_prompts", "prompt_embeddings")
 FP16_SUFFIXES = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias", "c_fc.weight", "c_fc.bias",
                  "c_proj.weight", "c_proj.bias", "conv1.weight", "proj", "text_projection")
@@ -104,6 +117,13 @@ def _frozen(openai_sd, method):
     return out
 
 
+def ours_layout(value, kind):
+    """An official tensor in our leaf's layout (EXPECTED's kind)."""
+    if kind == "conv":
+        value = value[:, :, 0, 0]
+    return value.T if kind else value
+
+
 def official_state_dict(method, openai_sd, n_ctx=None, depth=2, vision_depth=2, seed=0, csc=False):
     """The state dict the official trainer of `method` saves, on the tiny preset's shapes (fp16 as PREC=fp16)."""
     g = torch.Generator().manual_seed(seed)
@@ -111,6 +131,8 @@ def official_state_dict(method, openai_sd, n_ctx=None, depth=2, vision_depth=2, 
     tw, vw, emb = TINY.text_width, TINY.vision_width, TINY.embed_dim
     if method == "mma":
         return mma_state_dict(rnd, n_blocks=depth)
+    if method == "promptkd":
+        return promptkd_file(promptkd_student(openai_sd, n_ctx or 4, vision_depth, seed=seed))
     n = n_ctx or (2 if method == "maple" else 4)
     buffers = {"token_prefix": rnd(N_CLS, 1, tw).half(), "token_suffix": rnd(N_CLS, 77 - 1 - n, tw).half()}
     sd = OrderedDict()
@@ -178,16 +200,51 @@ def mma_state_dict(rnd, n_blocks=2, dim=32, start=1):
     return sd
 
 
+def promptkd_student(openai_sd, n_ctx=4, depth=2, teacher_width=TINY.embed_dim, seed=0):
+    """PromptKD's student (the official module structure) on the tiny CLIP, in eval mode: random vision prompts,
+    projector and BatchNorm statistics, its 1x1 convs fp16-representable (`convert_weights` stores them fp16)."""
+    g = torch.Generator().manual_seed(seed)
+    vision = PromptedVisionTransformer(TINY.vision_width, TINY.vision_layers, TINY.vision_heads,
+                                       TINY.vision_patch_size, TINY.image_resolution, TINY.embed_dim, n_ctx, depth)
+    student = PromptKDStudent(vision, TINY.embed_dim, teacher_width).eval()
+    frozen = {"image_encoder." + k[7:]: v for k, v in openai_sd.items() if k.startswith("visual.")}
+    frozen["logit_scale"] = openai_sd["logit_scale"]
+    with torch.no_grad():
+        for key, value in student.state_dict().items():
+            if key in frozen:
+                value.copy_(frozen[key])
+            elif key.endswith("num_batches_tracked"):
+                value.fill_(1234)
+            elif key.endswith("running_var"):
+                value.copy_(0.5 + torch.rand(value.shape, generator=g))
+            else:
+                value.copy_(0.3 * torch.randn(value.shape, generator=g))
+                if key.startswith("VPT_image_trans.") and key.split(".")[2] in ("0", "3"):
+                    value.copy_(value.half().float())
+    return student
+
+
+def promptkd_file(student):
+    """The student's state dict as the official trainer saves it under PREC=fp16: the projector's convs and the
+    image tower's Linear/conv weights fp16, the prompts, BatchNorm and LayerNorms fp32."""
+    out = OrderedDict()
+    for key, value in student.state_dict().items():
+        half = (key.startswith("VPT_image_trans.") and key.split(".")[2] in ("0", "3")) or (
+            key.startswith("image_encoder.") and key.endswith(FP16_SUFFIXES) and "VPT" not in key)
+        out[key] = value.clone().half() if half else value.clone()
+    return out
+
+
 def save_official(root, method, sd, epoch=None, successor=None, zipped=True):
     """`<root>/<ModelName>/model.pth.tar-<epoch>` as Dassl's save_checkpoint writes it: state_dict, epoch, the SGD
     state over every parameter (momentum only for trainable ones), a pickled scheduler object (or `successor`),
     val_result; `zipped=False` writes torch's legacy format."""
     epoch = epoch or EPOCHS[method]
     params = {k: torch.nn.Parameter(v.float().clone()) for k, v in sd.items() if not k.endswith(BUFFERS)}
-    trainable = set(EXPECTED[method].values())
+    trainable = {key for key, _ in EXPECTED[method].values()}
     optim = torch.optim.SGD(list(params.values()), lr=0.002, momentum=0.9, weight_decay=5e-4)
     for k, p in params.items():
-        p.grad = torch.ones_like(p) if (k, False) in trainable or (k, True) in trainable else None
+        p.grad = torch.ones_like(p) if k in trainable else None
     optim.step()
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=epoch)
     scheduler = {"successor": successor or cosine, "warmup_epoch": 1, "cons_lr": 1e-5, "last_epoch": epoch, "base_lrs": [0.002]}
@@ -211,9 +268,8 @@ def test_official_checkpoint_imports_leaf_by_leaf_and_round_trips_bit_exact(meth
     meta = import_checkpoint(path, config(method), str(tmp_path / "prompts.npz"))
     leaves = read_leaves(tmp_path / "prompts.npz")
     assert sorted(leaves) == sorted(EXPECTED[method])
-    for ours, (theirs, linear) in EXPECTED[method].items():
-        want = sd[theirs].float().numpy()
-        np.testing.assert_array_equal(leaves[ours], want.T if linear else want, err_msg=ours)
+    for ours, (theirs, kind) in EXPECTED[method].items():
+        np.testing.assert_array_equal(leaves[ours], ours_layout(sd[theirs].float().numpy(), kind), err_msg=ours)
         assert leaves[ours].dtype == np.float32
     assert meta["source"] == {"checkpoint": path, "epoch": EPOCHS[method], "method": method, "format": "dassl",
                               "model_name": MODEL[method]}
@@ -380,6 +436,62 @@ def test_mma_gradients_are_the_official_gradient_scale_layers(hf_tiny, tmp_path)
     assert not any(np.allclose(output_only[p], g, rtol=0.01, atol=0) for p, g in want.items() if "block_0" in p)
 
 
+def test_a_promptkd_student_gives_the_official_forwards_features_both_ways(hf_tiny, openai_tiny, tmp_path):
+    """PromptKD's student in the official module structure (vision prompts, projector in eval mode: BatchNorm's
+    running statistics) and ours on the same CLIP and weights agree: imported from its file, and ours exported and
+    loaded back as the official `load_model` does (`load_state_dict(strict=False)` into the built model)."""
+    import jax.numpy as jnp
+
+    from aple_jax import interop, losses, prompt_files
+    from aple_jax.clip.backbone import Backbone
+    from aple_jax.clip.model import CLIP
+    from aple_jax.clip.tokenizer import Tokenizer
+    from aple_jax.methods.promptkd import PromptKD, TeacherWidth
+
+    hf_tiny.save_pretrained(str(tmp_path / "hf"))
+    cfg, params = load_clip(str(tmp_path / "hf"))
+    width = 48   # a teacher wider than the student (ViT-B/16 512 -> ViT-L/14 768): a transposed kernel cannot fit
+    student = promptkd_student(openai_tiny, teacher_width=width, seed=5)
+    path = save_official(str(tmp_path / "output"), "promptkd", promptkd_file(student))
+    method = PromptKD(config("promptkd"), Backbone(CLIP(cfg)), Tokenizer.builtin_tiny(), teacher=TeacherWidth(width))
+    prompts = interop.load_prompts(path, method, jax.eval_shape(method.init, jax.random.key(0), params))
+    g = torch.Generator().manual_seed(6)
+    pixels = torch.randn(4, 3, cfg.image_resolution, cfg.image_resolution, generator=g)
+    text = torch.nn.functional.normalize(torch.randn(5, width, generator=g), dim=-1)   # the teacher's, cached
+
+    def ours(tree):
+        img = method.image_features(tree, params, jnp.asarray(pixels.numpy().transpose(0, 2, 3, 1)))
+        return np.asarray(img / jnp.linalg.norm(img, axis=-1, keepdims=True)), np.asarray(
+            losses.cosine_logits(method.backbone.logit_scale(params), img, jnp.asarray(text.numpy())))
+
+    def theirs(model):
+        with torch.no_grad():
+            img, scale = model(pixels)
+        return img.numpy(), (scale * img @ text.T).numpy()
+
+    got, want = ours(prompts), theirs(student)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        batch_stats = student.train()(pixels)[0].numpy()   # BatchNorm on the batch: not what a test scores
+    student.eval()
+    assert np.abs(batch_stats - want[0]).max() > 1e-2
+
+    # ours -> an official file -> the official load_model into a freshly built student: the same features
+    tree = jax.tree.map(lambda x: np.asarray(x) * 0.7 + 0.05, prompts)
+    tree["proj_stats"]["var"] = np.asarray(prompts["proj_stats"]["var"]) * 1.5
+    prompt_files.save_prompts(tmp_path / "ours.npz", tree, {"config": {"method": "promptkd"}})
+    written = export(tmp_path / "ours.npz", tmp_path / "exported", epoch=20)
+    assert written == str(tmp_path / "exported" / "VLPromptLearner" / "model.pth.tar-20")
+    fresh = promptkd_student(openai_tiny, teacher_width=width, seed=9)
+    saved = torch.load(written, map_location="cpu", weights_only=True)["state_dict"]
+    assert sorted(saved) == sorted(key for key, _ in EXPECTED["promptkd"].values())
+    assert fresh.load_state_dict(saved, strict=False).unexpected_keys == []
+    got, want = ours(tree), theirs(fresh)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-4)
+
+
 def test_clip_shapes_are_openais_layout(openai_tiny):
     shapes = {k: tuple(v.shape) for k, v in openai_tiny.items() if k not in ("input_resolution", "context_length",
                                                                              "vocab_size")}
@@ -407,6 +519,10 @@ def test_another_methods_checkpoint_is_refused(openai_tiny, tmp_path):
     _refusal(tmp_path, "promptsrc", sd, config("ivlp"), r"is a PromptSRC checkpoint.*method is 'ivlp'")
     _refusal(tmp_path, "kgcoop", official_state_dict("kgcoop", openai_tiny), config("coop"),
              r"is a KgCoOp checkpoint.*method is 'coop'")
+    _refusal(tmp_path, "promptkd", official_state_dict("promptkd", openai_tiny), config("ivlp"),
+             r"is a PromptKD checkpoint \(VLPromptLearner\), but this config's method is 'ivlp'")
+    _refusal(tmp_path, "promptsrc", official_state_dict("promptsrc", openai_tiny), config("promptkd"),
+             r"is a PromptSRC checkpoint.*method is 'promptkd'")
 
 
 def test_another_backbones_checkpoint_is_refused(tmp_path):
@@ -480,7 +596,9 @@ def test_mma_adapters_of_other_blocks_or_width_are_refused(tmp_path):
                                         ("mma", "shared_adapter.2.0.bias"),
                                         ("mmrl", "representation_learner.compound_rep_tokens_r2tproj.1.bias"),
                                         ("mmrl", "image_encoder.proj_rep"),
-                                        ("mmrl", "text_encoder.transformer.resblocks.1.ln_2.bias")])
+                                        ("mmrl", "text_encoder.transformer.resblocks.1.ln_2.bias"),
+                                        ("promptkd", "VPT_image_trans.conv1.1.running_var"),
+                                        ("promptkd", "image_encoder.ln_post.weight")])
 def test_a_missing_tensor_is_named(method, key, openai_tiny, tmp_path):
     sd = official_state_dict(method, openai_tiny)
     del sd[key]
@@ -491,7 +609,9 @@ def test_a_missing_tensor_is_named(method, key, openai_tiny, tmp_path):
                                         ("ivlp", "image_encoder.transformer.resblocks.0.attn.in_proj_weight"),
                                         ("maple", "prompt_learner.token_suffix"), ("mma", "visual_adapter.1.up.weight"),
                                         ("mma", "token_embedding"), ("mmrl", "prompt_embeddings"),
-                                        ("mmrl", "representation_learner.compound_rep_tokens")])
+                                        ("mmrl", "representation_learner.compound_rep_tokens"),
+                                        ("promptkd", "VPT_image_trans.conv1.3.weight"),
+                                        ("promptkd", "image_encoder.transformer.resblocks.1.VPT_shallow")])
 def test_a_misshaped_tensor_is_named(method, key, openai_tiny, tmp_path):
     sd = official_state_dict(method, openai_tiny)
     sd[key] = sd[key][..., :-1].clone()
@@ -727,3 +847,47 @@ def test_an_official_checkpoint_evaluates_and_classifies_as_its_import(method, o
     np.testing.assert_array_equal(probs, load_classifier(imported, names).predict(list(images)))
     with pytest.raises(CheckpointError, match=r"official checkpoint of another method/prompt shape \(" + pattern):
         run(tiny_config(method, eval_only_from=official, **override, **SMALL), str(tmp_path / "c"))
+
+
+def test_a_promptkd_student_without_its_teacher_or_with_one_of_another_width_is_refused(openai_tiny, tmp_path):
+    """A student scores against its teacher's text features: evaluating or classifying with an official student
+    file needs `kd.teacher` (no teacher is trained for an evaluation), and one of the width its projector maps to."""
+    from aple_jax.predict import load_classifier
+    path = save_official(str(tmp_path / "output"), "promptkd", official_state_dict("promptkd", openai_tiny))
+    with pytest.raises(ConfigError, match=r"eval_only_from='.*/VLPromptLearner/model\.pth\.tar-20': a PromptKD "
+                                          r"student .* kd\.teacher is empty"):
+        run(tiny_config("promptkd", eval_only_from=path, **SMALL), str(tmp_path / "a"))
+    assert not (tmp_path / "a" / "teacher").exists()
+    with pytest.raises(ConfigError, match=r"this PromptKD config: .* kd\.teacher is empty"):
+        load_classifier(path, ["red circle", "green square"], tiny_config("promptkd"))
+    teacher = save_official(str(tmp_path / "teacher"), "ivlp", official_state_dict("ivlp", openai_tiny))
+    wide = save_official(str(tmp_path / "wide"), "promptkd",
+                         promptkd_file(promptkd_student(openai_tiny, teacher_width=48)))
+    with pytest.raises(CheckpointError, match=r"wide/VLPromptLearner/model\.pth\.tar-20 \(PromptKD checkpoint\) does "
+                                              r"not fit this config: checkpoint's projector maps to a 48-wide teacher, "
+                                              r"this config's teacher \(kd\.teacher='.*'\) is 32 wide; "
+                                              r"mis-shaped \(8\): VPT_image_trans\.conv1\.0\.weight \(48, 32, 1, 1\) "
+                                              r"\(expected \(32, 32, 1, 1\)\)"):
+        run(tiny_config("promptkd", eval_only_from=wide, kd__teacher=teacher, kd__teacher_config="configs/ivlp.py:tiny",
+                        **SMALL), str(tmp_path / "b"))
+
+
+@pytest.mark.slow
+def test_an_official_promptkd_student_evaluates_and_classifies_as_its_import(openai_tiny, tmp_path):
+    """`eval_only_from=<official student>` with its teacher (an official IVLP file here) scores as the imported
+    prompts file, and `predict --from` it classifies alike; an exported run of ours reads back bit for bit."""
+    from aple_jax.predict import load_classifier
+    official = save_official(str(tmp_path / "output"), "promptkd", official_state_dict("promptkd", openai_tiny, seed=4))
+    teacher = save_official(str(tmp_path / "teacher"), "ivlp", official_state_dict("ivlp", openai_tiny, seed=5))
+    kd = dict(kd__teacher=teacher, kd__teacher_config="configs/ivlp.py:tiny")
+    imported = str(tmp_path / "imported.npz")
+    import_checkpoint(official, tiny_config("promptkd", **SMALL), imported)   # no teacher needed to import
+    from_file = run(tiny_config("promptkd", eval_only_from=official, **kd, **SMALL), str(tmp_path / "a"))
+    from_npz = run(tiny_config("promptkd", eval_only_from=imported, **kd, **SMALL), str(tmp_path / "b"))
+    assert from_file["evals"] == from_npz["evals"] and from_file["num_train_images"] == 0
+    assert from_file["kd_teacher"] == {"source": teacher}
+    names = ["red circle", "green square", "blue triangle"]
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    probs = load_classifier(official, names, tiny_config("promptkd", **kd)).predict(list(images))
+    np.testing.assert_array_equal(probs, load_classifier(imported, names, tiny_config("promptkd", **kd)).predict(
+        list(images)))

@@ -211,3 +211,16 @@ def test_a_tiny_run_trains_its_teacher_then_a_transductive_student(tmp_path):
     as_file = distill.load_teacher(tiny_config("promptkd", kd__teacher=official,
                                                kd__teacher_config="configs/ivlp.py:tiny"))
     jax.tree.map(np.testing.assert_array_equal, as_file.prompts, as_run.prompts)
+    # the student as the official trainer writes its chosen epoch (model-best.pth.tar, the official load_model's
+    # default): it reads back bit for bit and, with its teacher, scores as the run
+    from aple_jax.interop.import_prompts import import_checkpoint
+    from aple_jax.prompt_files import read_leaves
+    student_file = export(tmp_path / "kd", tmp_path / "student")
+    assert student_file == str(tmp_path / "student" / "VLPromptLearner" / "model-best.pth.tar")
+    import_checkpoint(student_file, tiny_config("promptkd"), str(tmp_path / "student.npz"))
+    ours, back = read_leaves(tmp_path / "kd" / "prompts.npz"), read_leaves(tmp_path / "student.npz")
+    assert sorted(back) == sorted(ours) and all(back[k].tobytes() == ours[k].tobytes() for k in ours)
+    evaluated = run(tiny_config("promptkd", eval_only_from=student_file, kd__teacher=str(tmp_path / "kd" / "teacher")),
+                    str(tmp_path / "eval"))
+    assert evaluated["accuracy"] == result["accuracy"]
+    assert evaluated["transductive"] is True   # a property of the prompts: they saw the new classes' images

@@ -1,5 +1,6 @@
 """Official PyTorch prompt checkpoints (Dassl `model.pth.tar-N` of CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC, MMA,
-MMRL) in and out: `import_prompts` and `export_prompts` are the entry points, docs/migrating.md the guide.
+MMRL and PromptKD's student) in and out: `import_prompts` and `export_prompts` are the entry points, docs/migrating.md
+the guide.
 
 torch is imported only when a checkpoint is read or written (`dassl.py`).
 """

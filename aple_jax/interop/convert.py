@@ -1,8 +1,9 @@
 """Official prompt checkpoints <-> our prompt trees, strictly: every tensor is mapped, or checked and ignored, or
 named in one error.
 
-Import maps every trainable tensor onto the method's prompt tree (Linear weights transposed, all cast to fp32),
-checks the frozen CLIP towers and the fixed token buffers against the backbone's shapes and ignores their values,
+Import maps every trainable tensor (and PromptKD's BatchNorm statistics) onto the method's prompt tree (Linear and
+1x1 conv weights transposed, all cast to fp32), checks the frozen CLIP towers and the fixed token buffers against the
+backbone's shapes and ignores their values,
 and refuses any missing, unexpected or mis-shaped tensor, another method's checkpoint and another backbone's.
 Export writes the trainable tensors under the official names, in fp32 (the official `load_state_dict` casts them to
 the model's precision).
@@ -19,8 +20,9 @@ from aple_jax import prompts as P
 from aple_jax.clip.model import CLIPConfig
 from aple_jax.errors import CheckpointError, ConfigError
 from aple_jax.interop import dassl
-from aple_jax.interop.mapping import (COMPATIBLE, DISPLAY, KGCOOP_FROZEN, MODEL_NAMES, NOT_SUPPORTED, SUPPORTED,
-                                      buffers, detect_method, frozen_keys, official_key, prompt_shape)
+from aple_jax.interop.mapping import (COMPATIBLE, DISPLAY, KGCOOP_FROZEN, MODEL_NAMES, NOT_SUPPORTED, PROMPTKD_PREFIX,
+                                      SUPPORTED, Rule, buffers, detect_method, frozen_keys, official_key,
+                                      prompt_shape)
 
 MAX_LISTED = 12
 
@@ -75,17 +77,16 @@ def checkpoint_meta(path: str, method: str | None = None) -> dict[str, Any]:
     return {"version": 1, "source": source_info(ckpt, found), "detected": detected}
 
 
-def expected_keys(method: str, prompts_like: Any) -> dict[str, tuple[str, bool, tuple[int, ...]]]:
-    """{official key: (our leaf path, is a Linear weight, official shape)} of a prompt tree."""
+def expected_keys(method: str, prompts_like: Any) -> dict[str, tuple[str, Rule, tuple[int, ...]]]:
+    """{official key: (our leaf path, its rule, official shape)} of a prompt tree."""
     out = {}
     for path, leaf in P.flatten(prompts_like).items():
         try:
-            key, linear = official_key(method, path)
+            key, rule = official_key(method, path)
         except KeyError as e:   # e.g. MMRL++ (mmrl.plus), whose official trainer is another one
             raise ConfigError(f"{e.args[0]}: this config's trainable tree has no official checkpoint layout",
                               hint="MMRL++ (mmrl.plus) checkpoints are not read or written yet") from None
-        shape = tuple(leaf.shape)
-        out[key] = (path, linear, shape[::-1] if linear else shape)
+        out[key] = (path, rule, rule.official_shape(tuple(leaf.shape)))
     return out
 
 
@@ -97,16 +98,15 @@ def to_prompts(ckpt: dassl.DasslCheckpoint, config: ml_collections.ConfigDict, b
     problems = _problems(ckpt.state_dict, found, expected, backbone, config.prompts.text.n_ctx)
     if problems:
         raise CheckpointError(f"{ckpt.path} ({DISPLAY[found]} checkpoint) does not fit this config: "
-                              + "; ".join(_differences(ckpt, found, config, backbone) + problems),
+                              + "; ".join(_differences(ckpt, found, config, backbone, expected) + problems),
                               hint="evaluate it with the prompt lengths, depths and backbone it was trained with")
     flat = {}
-    for key, (path, linear, _) in expected.items():
-        value = np.asarray(ckpt.state_dict[key], np.float32)
-        flat[path] = np.ascontiguousarray(value.T) if linear else value
+    for key, (path, rule, _) in expected.items():
+        flat[path] = rule.to_ours(np.asarray(ckpt.state_dict[key], np.float32))
     return P.unflatten(prompt_files.check_leaves(flat, prompts_like, ckpt.path))
 
 
-def _problems(sd: Mapping[str, np.ndarray], method: str, expected: Mapping[str, tuple[str, bool, tuple[int, ...]]],
+def _problems(sd: Mapping[str, np.ndarray], method: str, expected: Mapping[str, tuple[str, Rule, tuple[int, ...]]],
               backbone: CLIPConfig, n_ctx: int) -> list[str]:
     """Missing, unexpected and mis-shaped tensors of a state dict, as message parts."""
     frozen = frozen_keys(method, backbone)
@@ -145,8 +145,8 @@ def _problems(sd: Mapping[str, np.ndarray], method: str, expected: Mapping[str, 
     return out
 
 
-def _differences(ckpt: dassl.DasslCheckpoint, method: str, config: ml_collections.ConfigDict,
-                 backbone: CLIPConfig) -> list[str]:
+def _differences(ckpt: dassl.DasslCheckpoint, method: str, config: ml_collections.ConfigDict, backbone: CLIPConfig,
+                 expected: Mapping[str, tuple[str, Rule, tuple[int, ...]]]) -> list[str]:
     """How the checkpoint's prompt shape and widths differ from the config's, as message parts."""
     shapes = {k: tuple(v.shape) for k, v in ckpt.state_dict.items()}
     current = prompt_files.prompt_config(config)
@@ -160,15 +160,28 @@ def _differences(ckpt: dassl.DasslCheckpoint, method: str, config: ml_collection
     if conv and conv != (backbone.vision_width, 3, backbone.vision_patch_size, backbone.vision_patch_size):
         out.append(f"checkpoint CLIP vision width {conv[0]} patch {conv[-1]}, backbone {config.backbone.name!r} "
                    f"vision width {backbone.vision_width} patch {backbone.vision_patch_size}")
+    key = PROMPTKD_PREFIX + "3.weight"
+    if method == "promptkd" and key in shapes and key in expected and shapes[key][0] != expected[key][2][0]:
+        out.append(f"checkpoint's projector maps to a {shapes[key][0]}-wide teacher, this config's teacher "
+                   f"(kd.teacher={config.kd.teacher!r}) is {expected[key][2][0]} wide")
     return out
 
 
 def to_state_dict(method: str, prompts: Any) -> dict[str, np.ndarray]:
-    """A prompt tree under the official names of `method` (fp32; Linear weights as (out, in))."""
+    """A prompt tree under the official names of `method` (fp32; Linear weights as (out, in), 1x1 convs' as
+    (out, in, 1, 1))."""
     check_supported(method)
     out = {}
     for path, leaf in P.flatten(prompts).items():
-        key, linear = official_key(method, path)
-        value = np.asarray(leaf, np.float32)
-        out[key] = np.ascontiguousarray(value.T) if linear else value
+        key, rule = official_key(method, path)
+        out[key] = rule.to_official(np.asarray(leaf, np.float32))
     return out
+
+
+def projector_width(ckpt: dassl.DasslCheckpoint) -> int | None:
+    """The teacher's width a PromptKD student's projector maps to (None when the file has no projector)."""
+    for leaf in ("3.weight", "3.bias", "1.weight", "0.weight"):
+        value = ckpt.state_dict.get(PROMPTKD_PREFIX + leaf)
+        if value is not None and value.ndim:
+            return int(value.shape[0])
+    return None

@@ -4,11 +4,13 @@
 
 RUN_DIR is a run directory (its prompts.npz) or a prompts .npz (also one made by import_prompts). OUT is a file
 name (`model.pth.tar-5`) or a directory, which gets the official layout `OUT/<ModelName>/model.pth.tar-<N>` and
-its `checkpoint` pointer file, so the official test scripts take `--model-dir OUT --load-epoch N`. The file holds
-the trainable tensors only, under the official names and layouts (fp32; the official `load_state_dict(...,
-strict=False)` casts them to its precision and keeps its own frozen CLIP). The method comes from the prompts'
-provenance, or `--method`; N from `--epoch`, the OUT file name, the imported checkpoint's epoch or the run's
-`optim.epochs`. Local or gs:// paths.
+its `checkpoint` pointer file, so the official test scripts take `--model-dir OUT --load-epoch N`; a run that chose
+its epoch by model selection (PromptKD's `kd.select=best_base`, the official `TEST.FINAL_MODEL best_val`) gets
+`OUT/<ModelName>/model-best.pth.tar` with that epoch, which the official `load_model` reads without `--load-epoch`.
+The file holds the trainable tensors only (and PromptKD's BatchNorm statistics), under the official names and layouts
+(fp32; the official `load_state_dict(..., strict=False)` casts them to its precision and keeps its own frozen CLIP).
+The method comes from the prompts' provenance, or `--method`; N from `--epoch`, the OUT file name, the imported
+checkpoint's epoch or the run's `optim.epochs` (the chosen epoch, with model selection). Local or gs:// paths.
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ import re
 import sys
 from typing import Sequence
 
-from aple_jax import paths, prompt_files
+from aple_jax import paths, prompt_files, selection
 from aple_jax import prompts as P
 from aple_jax.errors import CheckpointError, error_boundary
 
 EPOCH_IN_NAME = re.compile(r"^model\.pth\.tar-(\d+)$")
+BEST = "model-best.pth.tar"   # Dassl's copy of the best epoch's checkpoint (TEST.FINAL_MODEL best_val)
 
 
 def _source(run: paths.PathLike) -> tuple[paths.epath.Path, paths.epath.Path | None]:
@@ -49,6 +52,12 @@ def _epoch(out: paths.epath.Path, run_dir: paths.epath.Path | None, epoch: int |
     raise CheckpointError(f"no epoch for {out}: give --epoch N or an --out named model.pth.tar-N")
 
 
+def _selected_epoch(run_dir: paths.epath.Path | None) -> int | None:
+    """The epoch whose prompts a run with model selection ended with (its prompts.npz); None without selection."""
+    record = run_dir / selection.RECORD if run_dir is not None else None
+    return paths.read_json(record).get("epoch") if record is not None and record.exists() else None
+
+
 def export(run: paths.PathLike, out: paths.PathLike, epoch: int | None = None, method: str = "") -> str:
     """Writes the official checkpoint of RUN_DIR's prompts; returns the file written."""
     from aple_jax.interop import convert, dassl
@@ -64,13 +73,15 @@ def export(run: paths.PathLike, out: paths.PathLike, epoch: int | None = None, m
                               hint="give --method")
     convert.check_supported(method)
     out = paths.as_path(out)
-    n = _epoch(out, run_dir, epoch, meta)
-    target = out if dassl.is_checkpoint_name(out) else out / MODEL_NAMES[method] / f"model.pth.tar-{n}"
+    selected = _selected_epoch(run_dir)
+    n = _epoch(out, run_dir, selected if epoch is None else epoch, meta)
+    name = BEST if selected is not None else f"model.pth.tar-{n}"
+    target = out if dassl.is_checkpoint_name(out) else out / MODEL_NAMES[method] / name
     try:
         state_dict = convert.to_state_dict(method, P.unflatten(prompt_files.read_leaves(npz)))
     except KeyError as e:
         raise CheckpointError(f"{npz}: {e.args[0]}", hint="is --method the method that trained it?") from None
-    dassl.write(target, state_dict, n, pointer=target != out)
+    dassl.write(target, state_dict, n, pointer=target != out and selected is None)
     return str(target)
 
 

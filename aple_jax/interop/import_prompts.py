@@ -3,11 +3,13 @@
     python -m aple_jax.interop.import_prompts CKPT --config configs/maple.py:ARGS --out prompts.npz [--method M]
 
 CKPT is a Dassl checkpoint (`<output>/<ModelName>/model.pth.tar-<epoch>`, `model-best.pth.tar`) or a bare state
-dict (`.pth`, `.pt`) of CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC, MMA or MMRL. The method is detected from
-its keys (`--method` reads it as that method's layout instead) and must be the config's; the prompt lengths, depths
-and backbone come from the config (`--config.key=value` overrides fields). The prompts file records the config's method,
-backbone and prompt shape and the source checkpoint and epoch, so `--config.eval_only_from=prompts.npz` is checked
-like a run's prompts. Local or gs:// paths.
+dict (`.pth`, `.pt`) of CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, PromptSRC, MMA, MMRL or a PromptKD student. The method
+is detected from its keys (`--method` reads it as that method's layout instead) and must be the config's; the prompt
+lengths, depths and backbone come from the config (`--config.key=value` overrides fields). The prompts file records
+the config's method, backbone and prompt shape and the source checkpoint and epoch, so
+`--config.eval_only_from=prompts.npz` is checked like a run's prompts. A PromptKD student imports without its
+teacher (its projector says the teacher's width); evaluating it needs the teacher (`kd.teacher`). Local or gs://
+paths.
 """
 from __future__ import annotations
 
@@ -38,7 +40,12 @@ def import_checkpoint(path: str, config, out: str, method: str = "") -> dict:
     found = convert.method_for(ckpt, config.method, method or None)
     b = config.backbone
     backbone, clip_params, tokenizer = load_backbone(b.name, b.weights, b.tokenizer, b.dtype)
-    model = build_method(config, backbone, tokenizer)
+    if found == "promptkd":   # a student's tree needs its teacher's width only: read from the file, no teacher loaded
+        from aple_jax.methods.promptkd import PromptKD, TeacherWidth
+        width = convert.projector_width(ckpt) or backbone.cfg.embed_dim
+        model = PromptKD(config, backbone, tokenizer, teacher=TeacherWidth(width))
+    else:
+        model = build_method(config, backbone, tokenizer)
     prompts_like = jax.eval_shape(model.init, jax.random.key(0), clip_params)
     prompts = convert.to_prompts(ckpt, config, backbone.cfg, prompts_like, method or None)
     meta = prompt_files.prompts_meta(config, None, source=convert.source_info(ckpt, found))

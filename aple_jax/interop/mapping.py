@@ -2,7 +2,7 @@
 
 Read from the official trainers (CoOp, CoCoOp: KaiyangZhou/CoOp; KgCoOp: htyao89/KgCoOp; MaPLe, IVLP:
 muzairkhattak/multimodal-prompt-learning; PromptSRC: muzairkhattak/PromptSRC; MMA: ZjjConan/Multi-Modal-Adapter;
-MMRL: yunncheng/MMRL):
+MMRL: yunncheng/MMRL; PromptKD: zhengli97/PromptKD):
 - CoOp, CoCoOp and KgCoOp register the prompt learner alone: bare names (`ctx`, `meta_net.linear1.weight`).
 - MaPLe, IVLP and PromptSRC register the whole CustomCLIP: `prompt_learner.*`, `image_encoder.*` (OpenAI's
   `visual.*`), `text_encoder.*` (OpenAI's text tower without `token_embedding`) and `logit_scale`.
@@ -19,7 +19,13 @@ MMRL: yunncheng/MMRL):
   `representation_learner.compound_rep_tokens_r2{t,v}proj.{k}` (our `{text,vision}/r2{t,v}proj_{k}`, k = the k-th
   block from REP_LAYERS[0]), the trained `image_encoder.proj_rep` (our `vision/proj_rep`, used as `x @ proj_rep`:
   not transposed), the frozen towers without `logit_scale`, and (newer releases) the buffer `prompt_embeddings`.
-- `nn.Linear` weights are (out, in): our kernels are their transpose.
+- PromptKD's student registers its whole CustomCLIP (`VLPromptLearner`, as IVLP): `logit_scale`, the image tower
+  `image_encoder.*` with IVLP's vision prompts (our `vision/shallow`, `vision/deep_{i}`) and the projector
+  `VPT_image_trans.conv1` = Sequential(Conv2d 1x1, BatchNorm2d, ReLU, Conv2d 1x1): `.0`, `.3` (our `proj/fc1`,
+  `proj/fc2`), `.1.{weight,bias}` (our `proj/bn/{scale,bias}`) and its buffers `.1.running_{mean,var}` (our
+  `proj_stats/{mean,var}`) and `.1.num_batches_tracked` (unused with momentum 0.1: shape-checked, never written).
+  It has no prompt learner and no text tower: its class features are the teacher's.
+- `nn.Linear` weights are (out, in), 1x1 `nn.Conv2d` weights (out, in, 1, 1): our kernels are their transpose.
 """
 from __future__ import annotations
 
@@ -27,16 +33,19 @@ import dataclasses
 import re
 from typing import Iterable, Mapping
 
+import numpy as np
+
 from aple_jax.clip.model import CLIPConfig
 
-SUPPORTED = ("coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc", "mma", "mmrl")
+SUPPORTED = ("coop", "kgcoop", "cocoop", "maple", "ivlp", "promptsrc", "mma", "mmrl", "promptkd")
 # The name each official trainer registers its model under: `<output>/<ModelName>/model.pth.tar-<epoch>`.
 MODEL_NAMES = {"coop": "prompt_learner", "kgcoop": "prompt_learner", "cocoop": "prompt_learner",
                "maple": "MultiModalPromptLearner", "ivlp": "VLPromptLearner", "promptsrc": "VLPromptLearner",
-               "mma": "adapter_learner", "mmrl": "MultiModalRepresentationLearner"}
-WHOLE_MODEL = ("maple", "ivlp", "promptsrc", "mmrl")
+               "mma": "adapter_learner", "mmrl": "MultiModalRepresentationLearner", "promptkd": "VLPromptLearner"}
+WHOLE_MODEL = ("maple", "ivlp", "promptsrc", "mmrl", "promptkd")
 DISPLAY = {"coop": "CoOp", "kgcoop": "KgCoOp", "cocoop": "CoCoOp", "maple": "MaPLe", "ivlp": "IVLP",
-           "promptsrc": "PromptSRC", "mma": "MMA", "mmrl": "MMRL", "aple": "APLe", "zeroshot": "zero-shot CLIP"}
+           "promptsrc": "PromptSRC", "mma": "MMA", "mmrl": "MMRL", "promptkd": "PromptKD", "aple": "APLe",
+           "zeroshot": "zero-shot CLIP"}
 NOT_SUPPORTED = {
     "aple": "APLe has no official PyTorch code, so there is no official checkpoint format to read or write; its "
             "prompts live in prompts.npz",
@@ -51,13 +60,33 @@ class Rule:
     theirs: str
     shift: int = 0
     linear: bool = False   # an nn.Linear weight: (out, in) there, our (in, out) kernel here
+    conv: bool = False     # a 1x1 nn.Conv2d weight: (out, in, 1, 1) there, our (in, out) kernel here
+
+    def official_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The official tensor's shape for our leaf's `shape`."""
+        if not (self.linear or self.conv):
+            return shape
+        return shape[::-1] + (1, 1) * self.conv
+
+    def to_official(self, value: np.ndarray) -> np.ndarray:
+        """Our leaf in the official layout."""
+        if not (self.linear or self.conv):
+            return value
+        value = np.ascontiguousarray(value.T)
+        return value[:, :, None, None] if self.conv else value
+
+    def to_ours(self, value: np.ndarray) -> np.ndarray:
+        """An official tensor in our leaf's layout."""
+        if not (self.linear or self.conv):
+            return value
+        return np.ascontiguousarray((value[:, :, 0, 0] if self.conv else value).T)
 
 
 _PROMPT_LEARNER_CTX = (Rule("text/ctx", "ctx"),)
+_VLP_VISION = (Rule("vision/shallow", "image_encoder.VPT"),
+               Rule(r"vision/deep_(\d+)", "image_encoder.transformer.resblocks.{}.VPT_shallow"))
 _VLP = (Rule("text/ctx", "prompt_learner.ctx"),
-        Rule(r"text/deep_(\d+)", "text_encoder.transformer.resblocks.{}.VPT_shallow"),
-        Rule("vision/shallow", "image_encoder.VPT"),
-        Rule(r"vision/deep_(\d+)", "image_encoder.transformer.resblocks.{}.VPT_shallow"))
+        Rule(r"text/deep_(\d+)", "text_encoder.transformer.resblocks.{}.VPT_shallow")) + _VLP_VISION
 _MMA_TOWERS = (("text", "text_adapter"), ("vision", "visual_adapter"))
 _MMA = tuple(Rule(rf"{ours}/block_(\d+)/{part}/{leaf}", f"{theirs}.{{}}.{name}.{leaf.replace('kernel', 'weight')}",
                   shift=1, linear=leaf == "kernel")
@@ -72,6 +101,13 @@ _MMRL = (Rule("rep_tokens", MMRL_PREFIX + "compound_rep_tokens"),
     Rule(rf"{tower}/r2{t}proj_(\d+)/{leaf}", f"{MMRL_PREFIX}compound_rep_tokens_r2{t}proj.{{}}.{torch_leaf}",
          linear=leaf == "kernel")
     for tower, t in (("text", "t"), ("vision", "v")) for leaf, torch_leaf in (("kernel", "weight"), ("bias", "bias")))
+PROMPTKD_PREFIX = "VPT_image_trans.conv1."
+_PROMPTKD = _VLP_VISION + tuple(   # the vision prompts, then Sequential(conv .0, BatchNorm .1, ReLU .2, conv .3)
+    Rule(f"proj/{ours}/{leaf}", f"{PROMPTKD_PREFIX}{index}.{leaf.replace('kernel', 'weight')}", conv=leaf == "kernel")
+    for ours, index in (("fc1", 0), ("fc2", 3)) for leaf in ("kernel", "bias")) + (
+    Rule("proj/bn/scale", PROMPTKD_PREFIX + "1.weight"), Rule("proj/bn/bias", PROMPTKD_PREFIX + "1.bias"),
+    Rule("proj_stats/mean", PROMPTKD_PREFIX + "1.running_mean"),
+    Rule("proj_stats/var", PROMPTKD_PREFIX + "1.running_var"))
 RULES: dict[str, tuple[Rule, ...]] = {
     "coop": _PROMPT_LEARNER_CTX,
     "kgcoop": _PROMPT_LEARNER_CTX,
@@ -89,15 +125,16 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "promptsrc": _VLP,
     "mma": _MMA,
     "mmrl": _MMRL,
+    "promptkd": _PROMPTKD,
 }
 
 
-def official_key(method: str, path: str) -> tuple[str, bool]:
-    """(official key, is a Linear weight) of one of our leaves."""
+def official_key(method: str, path: str) -> tuple[str, Rule]:
+    """(official key, the rule that maps it: its layout) of one of our leaves."""
     for rule in RULES[method]:
         m = re.fullmatch(rule.ours, path)
         if m:
-            return (rule.theirs.format(int(m.group(1)) + rule.shift) if m.groups() else rule.theirs), rule.linear
+            return (rule.theirs.format(int(m.group(1)) + rule.shift) if m.groups() else rule.theirs), rule
     raise KeyError(f"{DISPLAY[method]} has no official counterpart of our prompt leaf {path!r}")
 
 
@@ -108,6 +145,8 @@ def buffers(method: str, cfg: CLIPConfig, n_ctx: int) -> dict[str, tuple[int, ..
         return {"token_embedding": (cfg.context_length, cfg.text_width), "tokenized_prompts": (cfg.context_length,)}
     if method == "mmrl":   # absent from files of releases before it was registered
         return {"prompt_embeddings": (cfg.context_length, cfg.text_width)}
+    if method == "promptkd":   # the student has no prompt learner
+        return {}
     prefix = "prompt_learner." if method in WHOLE_MODEL else ""
     return {f"{prefix}token_prefix": (1, cfg.text_width),
             f"{prefix}token_suffix": (cfg.context_length - 1 - n_ctx, cfg.text_width)}
@@ -125,6 +164,8 @@ def detect_method(keys: Iterable[str]) -> str | None:
     A file with `ctx` alone is "coop", one with IVLP's prompts alone "ivlp": see COMPATIBLE.
     """
     keys = set(keys)
+    if any(k.startswith(PROMPTKD_PREFIX) for k in keys):
+        return "promptkd"
     if any(k.startswith(MMA_PREFIXES) for k in keys):
         return "mma"
     if any(k.startswith(MMRL_PREFIX) for k in keys):
@@ -157,8 +198,9 @@ def prompt_shape(method: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str
     out = {"prompts.text.n_ctx": shapes[ctx_key][-2]} if len(shapes.get(ctx_key, ())) >= 2 else {}
     if method == "maple":
         out["prompts.text.depth"] = 1 + _count(shapes, r"prompt_learner\.compound_prompts_text\.\d+")
-    elif method in ("ivlp", "promptsrc"):
-        out["prompts.text.depth"] = 1 + _count(shapes, r"text_encoder\.transformer\.resblocks\.\d+\.VPT_shallow")
+    elif method in ("ivlp", "promptsrc", "promptkd"):
+        out["prompts.text.depth"] = 0 if method == "promptkd" else 1 + _count(
+            shapes, r"text_encoder\.transformer\.resblocks\.\d+\.VPT_shallow")
         has_vpt = "image_encoder.VPT" in shapes
         out["prompts.vision.depth"] = int(has_vpt) + _count(
             shapes, r"image_encoder\.transformer\.resblocks\.\d+\.VPT_shallow")
@@ -212,13 +254,14 @@ def frozen_keys(method: str, cfg: CLIPConfig) -> dict[str, tuple[str, tuple[int,
     """{official key: (group, shape)} of the frozen CLIP tensors a whole-model checkpoint of `method` holds.
 
     Groups: "frozen CLIP" (the prompted model's towers and `logit_scale`, all of OpenAI's CLIP but the token
-    embedding table) and "ZS_image_encoder" (PromptSRC's frozen copy of the image tower).
+    embedding table; PromptKD's student: the image tower and `logit_scale`), "ZS_image_encoder" (PromptSRC's frozen
+    copy of the image tower) and "BatchNorm counter" (PromptKD's projector's `num_batches_tracked`).
     """
     if method not in WHOLE_MODEL:
         return {}
-    out = {}
+    out = {PROMPTKD_PREFIX + "1.num_batches_tracked": ("BatchNorm counter", ())} if method == "promptkd" else {}
     for name, shape in clip_shapes(cfg).items():
-        if name == "token_embedding.weight":
+        if name == "token_embedding.weight" or (method == "promptkd" and not name.startswith(("visual.", "logit"))):
             continue
         if name.startswith("visual."):
             out["image_encoder." + name[len("visual."):]] = ("frozen CLIP", shape)

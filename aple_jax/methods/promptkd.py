@@ -16,6 +16,7 @@ engine's `teacher.images = "cached"`); the official code runs the teacher on eve
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -65,6 +66,13 @@ def project(proj: P.Tree, stats: P.Tree, x: Array, train: bool) -> tuple[Array, 
     h = (h - mean) * jax.lax.rsqrt(var + BN_EPS) * proj["bn"]["scale"] + proj["bn"]["bias"]
     h = jax.nn.relu(h)
     return h @ proj["fc2"]["kernel"] + proj["fc2"]["bias"], jax.tree.map(jax.lax.stop_gradient, new)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherWidth:
+    """A teacher known by its width alone: enough to build a student's tree (to import its official checkpoint),
+    not to score it."""
+    embed_dim: int
 
 
 def kd_loss(student_logits: Array, teacher_logits: Array, temperature: float) -> Array:
