@@ -97,7 +97,7 @@ def no_teacher(what: str) -> ConfigError:
     return ConfigError(f"{what}: a PromptKD student scores images against its teacher's class text features, and "
                        f"kd.teacher is empty; give the teacher it was distilled from: kd.teacher=<its run directory>, "
                        f"or an official teacher checkpoint with kd.teacher_config=<its method and CLIP>",
-                       hint="e.g. teacher=teacher_model/<dataset>/VLPromptLearner/model-best.pth.tar "
+                       hint="e.g. teacher=teacher_model/OxfordPets/VLPromptLearner/model-best.pth.tar "
                             "--config.kd.teacher_config=configs/promptsrc.py:backbone=ViT-L/14,weights=/path/ViT-L-14 "
                             "(docs/migrating.md, PromptKD)")
 

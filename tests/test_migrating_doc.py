@@ -47,12 +47,17 @@ def world(tmp_path_factory):
             sd = official_state_dict("maple", clip, seed=10 * i + seed)
             save_official(str(root / "released" / RELEASED_DIR.format(name, seed)), "maple", sd)
     save_official(str(root / "mma_output"), "mma", official_state_dict("mma", clip, seed=7))
+    # PromptKD: a student's model-best.pth.tar, and its released teacher (PromptSRC) in teacher_model/'s layout
+    for folder, method, seed in (("kd_output", "promptkd", 8), ("teachers/DescribableTextures", "promptsrc", 9)):
+        path = save_official(str(root / folder), method, official_state_dict(method, clip, seed=seed))
+        os.rename(path, os.path.join(os.path.dirname(path), "model-best.pth.tar"))
     cwd = root / "cwd"
     cwd.mkdir()
     for name in ("configs", "launch.py"):
         os.symlink(os.path.join(REPO, name), cwd / name)
     env = dict(os.environ, PYTHONPATH=REPO, DATA=data, RELEASED=str(root / "released"),
                OUT=str(root / "released" / RELEASED_DIR.format("oxford_pets", 1)), MMA_OUT=str(root / "mma_output"),
+               KD_OUT=str(root / "kd_output"), T=str(root / "teachers"),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], JAX_PLATFORMS="cpu")
     return cwd, env
 
@@ -64,7 +69,8 @@ SHRINK = {"--seeds 1,2,3 --datasets imagenet,caltech101,oxford_pets,stanford_car
 
 
 def run_command(command, cwd, env):
-    proc = subprocess.run(["bash", "-c", command.replace("weights=$W", "tiny")], cwd=cwd, env=env,
+    command = command.replace("backbone=ViT-L/14,weights=$WL", "tiny").replace("weights=$W", "tiny")
+    proc = subprocess.run(["bash", "-c", command], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -75,7 +81,7 @@ def test_every_command_of_the_migration_guide_runs(world):
     cwd, env = world
     with open(DOC) as f:
         commands = doc_commands(f.read())
-    assert len(commands) == 17 and all(c.startswith("python ") and "weights=$W" in c for c in commands[:4])
+    assert len(commands) == 21 and all(c.startswith("python ") and "weights=$W" in c for c in commands[:4])
     outputs = []
     for command in commands:
         shrunk = command
@@ -108,3 +114,9 @@ def test_every_command_of_the_migration_guide_runs(world):
                    for d in ("promptsrc", "promptsrc+dpc"))
     assert dpc["method"] == "promptsrc+dpc" and [r["phase"] for r in dpc["schedule"]] == ["dpc"]
     assert dpc["accuracy"]["new"] == stage1["accuracy"]["new"]   # weight 0 on new: the stage-1 prompts
+    assert "(promptkd, epoch 20) -> kd-prompts.npz" in outputs[17]
+    official_kd = json.loads((cwd / "runs" / "promptkd-official" / "dtd" / "seed1" / "results.json").read_text())
+    trained_kd = json.loads((cwd / "runs" / "promptkd" / "dtd" / "seed1" / "results.json").read_text())
+    assert official_kd["num_train_images"] == 0 and official_kd["transductive"] and trained_kd["transductive"]
+    assert official_kd["kd_teacher"]["source"].endswith("DescribableTextures/VLPromptLearner/model-best.pth.tar")
+    assert (cwd / "exported-kd" / "VLPromptLearner" / "model-best.pth.tar").exists()
