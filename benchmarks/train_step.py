@@ -14,8 +14,9 @@ batching pays). `--cocoop-pass` sets CoCoOp's `cocoop.prompts_per_pass` (prompts
 
 `--lora-overhead` times, taking turns, CLIP-LoRA's recipe step (q, k, v of every block of both towers), the same
 without dropout, the same with LoRA on one matrix per tower (block 0's query: the whole backward through both
-towers, nothing else touched) and one merge pass `W + s B A` over the recipe's touched matrices, with XLA's FLOP
-and byte counts of each: the x-path's extra cost beside the price of merging.
+towers, nothing else touched), one merge pass `W + s B A` over the recipe's touched matrices and one pass of those
+matrices over a step's activations (what merging adds to each step's backward: the gradient of every merged matrix),
+with XLA's FLOP and byte counts of each: the x-path's extra cost beside the price of merging.
 
 Memory is XLA's own account of the compiled step (arguments + outputs + temporaries - aliased), the peak the
 program needs on any backend; time is the median wall time of jitted steps after a warm-up step. The batch sizes of
@@ -132,22 +133,62 @@ def merge_pass(backbone: Backbone, params, name: str) -> tuple[Any, tuple]:
     return merge, (frozen, factors)
 
 
+def touched_pass(backbone: Backbone, params, classes: int, batch: int, name: str) -> tuple[Any, tuple]:
+    """(jitted pass, args): every matrix the recipe of `name` touches applied once to its tower's activations of one
+    step (batch x image tokens for the vision tower, C x the cut text length for the text tower). This is the unit of
+    the bound: a merged LoRA's backward needs the gradient `x^T dy` of each merged matrix, one such pass more."""
+    config = importlib.import_module(f"configs.{name}").get_config("")
+    method = build_method(config, backbone, Tokenizer.builtin_tiny())
+    classnames = [f"class {i}" for i in range(classes)]
+    texts = method.class_texts(params, classnames)
+    cfg = backbone.cfg
+    tokens = {"text": classes * texts.embeds.shape[1],
+              "vision": batch * (1 + (cfg.image_resolution // cfg.vision_patch_size) ** 2)}
+    flat = P.flatten(method.init(jax.random.key(0), params, []))
+    frozen = P.flatten(params)
+    rng = np.random.default_rng(0)
+    kernels, towers = [], []
+    for path in sorted({p.rsplit("/", 1)[0] for p in flat}):   # <tower>/block_i/<matrix>
+        tower, block, matrix = path.split("/")
+        w = frozen[f"{TOWER_PATHS[tower]}/resblocks.{block.removeprefix('block_')}/attn/{matrix}/kernel"]
+        kernels.append(w.reshape(w.shape[0], -1))
+        towers.append(tower)
+    acts = {t: jax.numpy.asarray(rng.normal(size=(n, kernels[towers.index(t)].shape[0])), jax.numpy.float32)
+            for t, n in tokens.items() if t in towers}
+
+    @jax.jit
+    def one_pass(acts, kernels):   # (state, metrics) as a step: the activations pass through, the products out
+        return acts, [acts[t] @ w for t, w in zip(towers, kernels)]
+
+    return one_pass, (acts, kernels)
+
+
 def lora_overhead(backbone: Backbone, params, classes: int, batch: int, repeats: int, budget: float) -> None:
-    """CLIP-LoRA's step beside the same step without dropout, with LoRA on one matrix per tower, and one merge pass
-    over its touched matrices: time, peak memory and XLA's counts."""
+    """CLIP-LoRA's step beside the same step without dropout, with LoRA on one matrix per tower, one merge pass
+    over its touched matrices and one pass of them over a step's activations: time, peak memory and XLA's counts."""
     variants = [("recipe: q, k, v of every block, both towers", {}), ("recipe, dropout 0", {"lora.dropout": 0.0}),
                 ("block 0 query per tower only", LORA_MINIMAL), ("block 0 query, dropout 0",
                                                                  {**LORA_MINIMAL, "lora.dropout": 0.0})]
     setups = [step_setup(backbone, params, "clip_lora", classes, batch, 0, overrides=o)[:2] for _, o in variants]
     merge, merge_args = merge_pass(backbone, params, "clip_lora")
-    results = measure_interleaved(setups + [(merge, merge_args)], repeats, budget)
+    extra = [(merge, merge_args), touched_pass(backbone, params, classes, batch, "clip_lora")]
+    results = measure_interleaved(setups + extra, repeats, budget)
     touched = sum(w.size for w in merge_args[0])
     print(f"\nCLIP-LoRA at C = {classes}, batch {batch}; the recipe touches {len(merge_args[0])} matrices, "
           f"{touched / 1e6:.1f} M weights ({4 * touched / 1e6:.0f} MB in fp32)\n")
     print("| step | time (s) | peak memory (GB) | XLA GFLOP | XLA GB accessed |\n|---|---:|---:|---:|---:|")
-    for (label, _), r in zip(variants + [("one merge pass W + s B A over the touched matrices", {})], results):
+    labels = [label for label, _ in variants] + ["one merge pass W + s B A over the touched matrices",
+                                                 "one pass of the touched matrices over a step's activations"]
+    for label, r in zip(labels, results):
         print(f"| {label} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | {r['gflops']:.1f} | {r['gbytes']:.2f} |",
               flush=True)
+    recipe, minimal, one_pass = results[0], results[2], results[-1]
+    x_path = {k: recipe[k] - minimal[k] for k in ("gflops", "step_s")}
+    print(f"\nThe recipe's x-path beyond block 0's query per tower (the difference of those two steps): "
+          f"{x_path['gflops']:.1f} GFLOP and {x_path['step_s']:.2f} s per step, against one pass of the touched "
+          f"matrices: {one_pass['gflops']:.1f} GFLOP and {one_pass['step_s']:.2f} s (ratio "
+          f"{x_path['gflops'] / one_pass['gflops']:.2f} by FLOPs, {x_path['step_s'] / one_pass['step_s']:.2f} by time)",
+          flush=True)
 
 
 def report_row(name: str, phase: str, classes: int, batches: list[int], pack: int,

@@ -85,7 +85,8 @@ def test_lora_overhead_benchmark_smoke(serial_smokes):
     _, stdout, _ = _finished(serial_smokes, "lora_overhead")
     assert "the recipe touches 12 matrices" in stdout   # q, k, v of the tiny CLIP's 2 blocks in 2 towers
     rows = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| step")]
-    assert len(rows) == 5 and rows[-1].startswith("| one merge pass") and all(" nan " not in r for r in rows)
+    assert len(rows) == 6 and rows[-2].startswith("| one merge pass") and all(" nan " not in r for r in rows)
+    assert rows[-1].startswith("| one pass of the touched matrices") and "by FLOPs" in stdout
 
 
 @pytest.mark.slow
