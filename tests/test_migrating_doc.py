@@ -81,7 +81,7 @@ def test_every_command_of_the_migration_guide_runs(world):
     cwd, env = world
     with open(DOC) as f:
         commands = doc_commands(f.read())
-    assert len(commands) == 21 and all(c.startswith("python ") and "weights=$W" in c for c in commands[:4])
+    assert len(commands) == 19 and all(c.startswith("python ") and "weights=$W" in c for c in commands[:4])
     outputs = []
     for command in commands:
         shrunk = command
@@ -116,7 +116,5 @@ def test_every_command_of_the_migration_guide_runs(world):
     assert dpc["accuracy"]["new"] == stage1["accuracy"]["new"]   # weight 0 on new: the stage-1 prompts
     assert "(promptkd, epoch 20) -> kd-prompts.npz" in outputs[17]
     official_kd = json.loads((cwd / "runs" / "promptkd-official" / "dtd" / "seed1" / "results.json").read_text())
-    trained_kd = json.loads((cwd / "runs" / "promptkd" / "dtd" / "seed1" / "results.json").read_text())
-    assert official_kd["num_train_images"] == 0 and official_kd["transductive"] and trained_kd["transductive"]
+    assert official_kd["method"] == "promptkd" and official_kd["num_train_images"] == 0 and official_kd["evals"]
     assert official_kd["kd_teacher"]["source"].endswith("DescribableTextures/VLPromptLearner/model-best.pth.tar")
-    assert (cwd / "exported-kd" / "VLPromptLearner" / "model-best.pth.tar").exists()
