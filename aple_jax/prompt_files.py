@@ -1,8 +1,9 @@
 """Prompt files (`prompts.npz`) and their provenance: what a trained prompt tree was trained with, checked before
 anyone evaluates it.
 
-A prompts file is a flat `.npz` (leaf paths like `text/ctx`) plus a JSON `__meta__` entry: the PROMPT_KEYS of the
-training config and the dataset and class names it was trained on. Paths may be local or `gs://`.
+A prompts file is a flat `.npz` (leaf paths like `text/ctx`) plus a JSON `__meta__` entry: the PROMPT_KEYS and
+SETTING_KEYS of the training config (with its plug-in's `eval_settings`), the whole config and the dataset and class
+names it was trained on. Paths may be local or `gs://`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ PROMPTS_META_KEY = "__meta__"
 # scale, which its trees alone do not say; MMRL's token count, width and first block, not its training weights).
 PROMPT_KEYS = ("method", "plugin", "backbone.name", "backbone.weights", "prompts", "mma.", "mmrl.start",
                "mmrl.n_tokens", "mmrl.rep_dim")
+# Settings that change what a trained tree computes without changing its leaves' names or shapes: CLIP-LoRA's scale
+# alpha / sqrt(rank), MMRL's fusion of class and representation logits and MMRL++'s token mixing, APLe's image
+# adapter at test; a plug-in names its own (`eval_settings`, e.g. DePT's and DPC's mixing weights). A file written
+# before they were recorded is held to what its `run_config` says; one without a run_config is not checked on them.
+SETTING_KEYS = ("lora.alpha", "mmrl.alpha", "mmrl.beta", "adapter.enabled", "adapter.apply_test", "adapter.sigma",
+                "adapter.alpha", "adapter.freq_units", "adapter.kernel_norm")
 
 
 def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -38,9 +45,23 @@ def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def prompt_config(config: ml_collections.ConfigDict | dict[str, Any]) -> dict[str, Any]:
-    """The PROMPT_KEYS fields of a config, flat (no `plugin` when none is on, as before plug-ins existed)."""
+    """The PROMPT_KEYS and SETTING_KEYS fields of a config, flat (no `plugin` when none is on, as before plug-ins
+    existed), and its plug-in's `eval_settings` (at the plug-in's defaults where the config has no section)."""
     tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-    return {k: v for k, v in flatten_config(tree).items() if k.startswith(PROMPT_KEYS) and (k, v) != ("plugin", "")}
+    flat = {k: v for k, v in flatten_config(tree).items()
+            if k.startswith(PROMPT_KEYS + SETTING_KEYS) and (k, v) != ("plugin", "")}
+    return {**flat, **plugin_settings(tree)}
+
+
+def plugin_settings(tree: dict[str, Any]) -> dict[str, Any]:
+    """`{"<plugin>.<key>": value}` of the config's plug-in's `eval_settings` (none without a plug-in)."""
+    from aple_jax import plugins   # plugins import dpc, which imports this module
+    name = tree.get("plugin", "")
+    mixin = plugins.PLUGINS.get(name)
+    if mixin is None:
+        return {}
+    values = {**mixin.defaults, **(tree.get(name) or {})}
+    return flatten_config({name: {k: values[k] for k in getattr(mixin, "eval_settings", ())}})
 
 
 def prompts_meta(config: ml_collections.ConfigDict | dict[str, Any] | None,
@@ -147,12 +168,19 @@ def check_provenance(source: paths.PathLike, meta: dict[str, Any] | None, config
                                   hint="evaluate it with the config of the method, lengths and depths it was "
                                        "trained with")
     if "config" in meta:
-        trained, current = meta["config"], prompt_config(config)
-        diff = sorted(k for k in set(trained) | set(current) if trained.get(k) != current.get(k))
-        if diff:
-            details = ", ".join(f"{k}: trained {trained.get(k)!r}, now {current.get(k)!r}" for k in diff)
+        trained, current = recorded_prompt_config(meta), prompt_config(config)
+        diff = sorted(k for k in set(trained) | set(current) if trained.get(k) != current.get(k)
+                      and (k.startswith(PROMPT_KEYS) or k in trained))   # a setting recorded in neither: unchecked
+        details = lambda keys: ", ".join(f"{k}: trained {trained.get(k)!r}, now {current.get(k)!r}" for k in keys)
+        shape = [k for k in diff if k.startswith(PROMPT_KEYS)]
+        if shape:
             raise CheckpointError(f"prompts in {source} were trained with another method/backbone/prompt shape "
-                                  f"({details})")
+                                  f"({details(shape)})")
+        if diff:
+            raise CheckpointError(f"prompts in {source} were trained with other settings, which change their "
+                                  f"logits ({details(diff)})",
+                                  hint="evaluate them with the values they were trained with ("
+                                       + ", ".join(f"{k}={trained[k]!r}" for k in diff) + ")")
     trained = meta.get("train")
     if base_classnames is not None and trained is not None:
         if trained["dataset"] == base_name and trained["classnames"] != list(base_classnames):
@@ -160,6 +188,13 @@ def check_provenance(source: paths.PathLike, meta: dict[str, Any] | None, config
                                   f"{trained['classnames'][:5]}..., but this evaluation's base classes are "
                                   f"{list(base_classnames)[:5]}...: use the dataset, seed and shots of the training "
                                   f"run")
+
+
+def recorded_prompt_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a file's provenance records of its config: its `config` entry over what its `run_config` says (a file
+    recorded before a key was added to SETTING_KEYS or PROMPT_KEYS holds it there, if it holds a run_config)."""
+    run_config = meta.get("run_config")
+    return {**(prompt_config(run_config) if run_config else {}), **meta["config"]}
 
 
 def source_meta(source: paths.PathLike) -> dict[str, Any] | None:

@@ -111,3 +111,77 @@ def test_prompts_trained_for_other_base_classes_are_refused(trained, tmp_path):
 def test_missing_eval_only_source_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="/nowhere/run"):
         run(tiny_config("ivlp", eval_only_from="/nowhere/run", **SMALL), str(tmp_path))
+
+
+# ------------------------------------------------------------------- settings that change logits but not shapes
+
+TREE = {"text": {"ctx": np.zeros((2, 8), np.float32)}}   # the leaves are not looked at: provenance only
+
+
+def _settings_file(path, config, meta=None):
+    """A prompts file recording `config` (or `meta`), without a training run."""
+    from aple_jax.prompt_files import prompts_meta, save_prompts
+    save_prompts(path, TREE, meta if meta is not None else prompts_meta(config))
+    return str(path)
+
+
+def _provenance(source, config):
+    from aple_jax.prompt_files import check_provenance, source_meta
+    check_provenance(source, source_meta(source), config, None, None)
+
+
+@pytest.mark.parametrize("method,arg,key,value", [
+    ("clip_lora", "tiny", "lora.alpha", 4.0),                     # the scale alpha / sqrt(rank)
+    ("mmrl", "tiny", "mmrl.alpha", 0.5),                          # class and representation logits fused
+    ("mmrl", "tiny,plus", "mmrl.beta", 0.3),                      # MMRL++'s token mixing
+    ("aple", "tiny", "adapter.sigma", 0.2),                       # the image adapter at test
+    ("coop", "tiny,plugin=dept", "dept.weight", 0.2),             # DePT's head share of the base logits
+    ("coop", "tiny,plugin=dpc", "dpc.weight", 0.5),               # DPC's parallel prompt P + (M - P) / w
+    ("coop", "tiny,plugin=dpc", "dpc.weight_new", 0.5),
+])
+def test_a_setting_that_changes_logits_is_recorded_and_a_mismatch_refused(tmp_path, method, arg, key, value):
+    trained = tiny_config(method, arg)
+    path = _settings_file(tmp_path / "prompts.npz", trained)
+    stored = read_prompts_meta(path)["config"][key]
+    _provenance(path, tiny_config(method, arg))                    # the same values: accepted
+    with pytest.raises(ValueError, match=f"prompts in {re.escape(path)} were trained with other settings, which "
+                                         f"change their logits \\({re.escape(key)}: trained {stored!r}, now "
+                                         f"{value!r}\\)") as info:
+        _provenance(path, tiny_config(method, arg, **{key.replace(".", "__"): value}))
+    assert f"{key}={stored!r}" in info.value.hint
+
+
+def test_a_plugins_settings_count_at_their_defaults_and_only_while_it_is_on(tmp_path):
+    from aple_jax.prompt_files import prompt_config
+    on = tiny_config("coop", "tiny,plugin=dpc")
+    with on.unlocked():
+        del on["dpc"]                                  # `--config.plugin=dpc` alone: the plug-in's defaults
+    assert prompt_config(on)["dpc.weight"] == 0.2 and prompt_config(on)["dpc.decoupled"] == ["text/ctx"]
+    path = _settings_file(tmp_path / "prompts.npz", on)
+    _provenance(path, tiny_config("coop", "tiny,plugin=dpc"))
+    off = tiny_config("coop", "tiny,plugin=dpc", dpc__weight=0.9)
+    off.plugin = ""                                    # DPC's stage-1 check: the section stays, the plug-in is off
+    assert not any(k.startswith("dpc.") for k in prompt_config(off))
+
+
+def test_files_recorded_before_the_settings_are_held_to_their_run_config_or_load_unchecked(tmp_path):
+    from aple_jax.prompt_files import PROMPT_KEYS, prompts_meta
+    trained = tiny_config("clip_lora", lora__alpha=2.0)
+    meta = prompts_meta(trained)
+    meta["config"] = {k: v for k, v in meta["config"].items() if k.startswith(PROMPT_KEYS)}   # the old record
+    with_run_config = _settings_file(tmp_path / "a.npz", None, meta)
+    _provenance(with_run_config, tiny_config("clip_lora", lora__alpha=2.0))
+    with pytest.raises(ValueError, match="lora.alpha: trained 2.0, now 1.0"):
+        _provenance(with_run_config, tiny_config("clip_lora"))
+    del meta["run_config"]                             # before prompts files recorded their run's config
+    older = _settings_file(tmp_path / "b.npz", None, meta)
+    _provenance(older, tiny_config("clip_lora"))       # nothing recorded to hold it to
+    with pytest.raises(ValueError, match="another method/backbone/prompt shape \\(method: trained 'clip_lora'"):
+        _provenance(older, tiny_config("mma"))         # what it records is still checked
+
+
+def test_a_run_directorys_settings_come_from_its_config_json(tmp_path):
+    from aple_jax import paths
+    paths.write_json_atomic(tmp_path / "config.json", tiny_config("mmrl").to_dict())
+    with pytest.raises(ValueError, match=f"prompts in {re.escape(str(tmp_path))} .*mmrl.alpha: trained 0.7, now 0.2"):
+        _provenance(str(tmp_path), tiny_config("mmrl", mmrl__alpha=0.2))

@@ -3,7 +3,9 @@
 A plug-in is a mixin class placed before the base method's class: the composed class, named `<method>+<plugin>`,
 extends through `super()` what the plug-in changes (`init`, `phases`, `begin_phase`, `train_outputs`,
 `own_loss_terms`, `eval_logits`). Its loss terms are its `own_terms`, added to the base method's; its settings are
-the config section named after it, whose defaults are the mixin's `defaults` (`plugin=<name>` adds the section).
+the config section named after it, whose defaults are the mixin's `defaults` (`plugin=<name>` adds the section);
+those that change the logits of trained prompts are its `eval_settings`, recorded in prompts files and checked
+before the prompts are evaluated (aple_jax.prompt_files).
 """
 from __future__ import annotations
 

@@ -49,6 +49,7 @@ def mixed_losses(losses: tuple[tuple[str, float], ...], weight: float) -> tuple[
 class DePT:
     """DePT on top of a method (mixed in before its class by aple_jax.plugins.compose)."""
     defaults = {"weight": 0.7, "head_lr_scale": 6.5}
+    eval_settings = ("weight",)   # what changes the logits of trained prompts (recorded in prompts files)
     own_terms = {HEAD: ""}
 
     def _settings(self) -> dict[str, Any]:

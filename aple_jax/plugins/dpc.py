@@ -166,6 +166,7 @@ def symmetric_contrastive(logits: Array, valid: Array) -> Array:
 class DPC:
     """The DPC mixin, placed before the base method's class."""
     defaults = DEFAULTS
+    eval_settings = ("weight", "weight_new", "decoupled")   # what changes the logits of trained prompts
     own_terms = {"dpc_cl": ""}
     needs_rng = True            # the sampler's draws
     needs_train_images = True   # the hard negatives' images, a constant of stage 2
