@@ -11,7 +11,7 @@ Teacher (official): PromptSRC on ViT-L/14 (`PromptSRC/vit_l14_c2_ep20_batch8_4+4
 kd.teacher: a finished run directory of ours (any cosine-logit method on a larger CLIP) or an official
 `model-best.pth.tar` (then kd.teacher_config names its method and CLIP); empty: kd.teacher_config is trained on the
 run's dataset into <workdir>/teacher first. `:world` / `:demo`: the teacher is PromptSRC on the larger world CLIP
-(`world-large`), the student the shipped world CLIP, on WorldScenes-Tint.
+(`world-large`, vision prompts in 6 of its 8 blocks), the student the shipped world CLIP, on WorldScenes-Tint.
 Run: python launch.py --config configs/promptkd.py:demo --workdir DIR
      python launch.py --config configs/promptkd.py:dataset=OxfordPets,seed=1,weights=/path/ViT-B-16,\
 teacher=/path/teacher/model-best.pth.tar --config.kd.teacher_config=configs/promptsrc.py:backbone=ViT-L/14,\
