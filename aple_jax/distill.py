@@ -119,6 +119,26 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
     return out
 
 
+def prepare_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]]) -> list[tuple[ml_collections.ConfigDict, str]]:
+    """Packed seeds of a sweep, each `(config, <folder>/seed<s>)`: a distilled run's teacher trained once into
+    `<folder>/teacher` (where a packed `run` puts it) and named in every seed's config; other runs unchanged."""
+    config = jobs[0][0]
+    if "kd" not in config or config.kd.teacher:
+        return jobs
+    folders = {os.path.dirname(str(workdir).rstrip("/")) for _, workdir in jobs}
+    if len(folders) != 1:
+        raise ConfigError(f"packed seeds of a distilled run share one teacher, so their run directories must share "
+                          f"one folder; got {sorted(folders)}")
+    teacher = prepare(config, folders.pop()).kd.teacher
+    out = []
+    for c, workdir in jobs:
+        c = c.copy_and_resolve_references()
+        with c.unlocked():
+            c.kd.teacher = teacher
+        out.append((c, workdir))
+    return out
+
+
 def load_teacher(config: ml_collections.ConfigDict) -> Teacher:
     """The frozen teacher named by `kd.teacher` (a run directory of ours or an official checkpoint)."""
     source = config.kd.teacher

@@ -382,6 +382,7 @@ def run_logged(group: list[PlannedRun], where: str, note: str = "") -> tuple[Any
     """One run (or packed seeds) with its whole output (and the traceback of a failure) copied to `train.log` in
     each run directory, appended to the logs of earlier attempts; the log is written at the end, so the directory
     may be a bucket."""
+    from aple_jax import distill
     from aple_jax.run import run, run_seeds
     results, error = None, None
     with tee_output() as captured:
@@ -394,7 +395,7 @@ def run_logged(group: list[PlannedRun], where: str, note: str = "") -> tuple[Any
                     results = run(group[0].config, group[0].workdir)
                 else:
                     config_schema.validate(group[0].config)
-                    results = run_seeds([(r.config, r.workdir) for r in group])
+                    results = run_seeds(distill.prepare_seeds([(r.config, r.workdir) for r in group]))
             except Exception as e:   # noqa: BLE001 -- reported, logged and listed; the sweep goes on
                 e.add_note(f"in sweep run {where}: {group[0].command()}")
                 captured.append(traceback.format_exc())

@@ -181,6 +181,25 @@ def test_packed_seeds_sweep_writes_each_seed_and_skips_when_done(tmp_path, capsy
 
 
 @pytest.mark.slow
+def test_a_packed_distilled_sweep_trains_one_teacher_beside_its_seeds(tmp_path, capsys):
+    """As a packed `run` does: the teacher in <folder>/teacher, trained once, named by every seed."""
+    argv = ["--configs", "configs/promptkd.py", "--args", "tiny", "--seeds", "1,2", "--pack-seeds",
+            "--override", "optim.epochs=1", "--runs-dir", str(tmp_path)]
+    assert sweep.main(argv) == 0
+    assert "sweep: 2 finished, 0 skipped" in capsys.readouterr().out
+    parent = os.path.join(tmp_path, "promptkd", "base2new", "Synthetic", "shots_16")
+    with open(os.path.join(parent, "teacher", "results.json")) as f:
+        teacher = json.load(f)
+    assert teacher["method"] == "ivlp" and teacher["transductive"] is False
+    for seed in (1, 2):
+        with open(os.path.join(parent, f"seed{seed}", "results.json")) as f:
+            results = json.load(f)
+        assert results["transductive"] is True and results["kd_teacher"]["accuracy"] == teacher["accuracy"]
+        with open(os.path.join(parent, f"seed{seed}", "config.json")) as f:
+            assert json.load(f)["kd"]["teacher"] == os.path.join(parent, "teacher")
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two parallel jobs need two CPU cores")
 def test_parallel_jobs_run_on_cores_of_their_own_and_report_failures(tmp_path, capsys):
     argv = ["--configs", "configs/zeroshot.py,configs/ivlp.py", "--args", "tiny", "--seeds", "1,2", "--pack-seeds",
