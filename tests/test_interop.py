@@ -525,6 +525,21 @@ def test_another_methods_checkpoint_is_refused(openai_tiny, tmp_path):
              r"is a PromptSRC checkpoint.*method is 'promptkd'")
 
 
+def test_a_plug_in_run_has_no_official_format_either_way(openai_tiny, tmp_path):
+    """A +DePT or +DPC model is not its base method's: neither read from nor written as the base method's file."""
+    from aple_jax.prompt_files import prompts_meta, save_prompts
+    from configs.common import apply_plugin
+    cfg = config("coop")
+    with cfg.unlocked():
+        apply_plugin(cfg, "dept")
+    _refusal(tmp_path, "coop", official_state_dict("coop", openai_tiny), cfg, r"'dept' plug-in has no official")
+    leaves = {"text/ctx": np.zeros((4, 32), np.float32)}
+    save_prompts(tmp_path / "dept.npz", P.unflatten(leaves), prompts_meta(cfg))
+    with pytest.raises(ConfigError, match=r"dept\.npz: a run with the 'dept' plug-in has no official checkpoint"):
+        export(tmp_path / "dept.npz", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_another_backbones_checkpoint_is_refused(tmp_path):
     other = hf_to_openai(hf_clip(TINY_TEXT, dict(TINY_VISION, hidden_size=96, intermediate_size=384),
                                  projection_dim=TINY.embed_dim).state_dict())

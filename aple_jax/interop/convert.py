@@ -35,6 +35,15 @@ def check_supported(method: str) -> None:
         raise ConfigError(f"method {method!r} has no official checkpoint format; expected one of {list(SUPPORTED)}")
 
 
+def check_no_plugin(plugin: str, where: str) -> None:
+    """Refuses a run with a plug-in: the official files of its base method hold none of the plug-in's leaves (DePT's
+    head, DPC's two prompts and mixing), so they would stand for another model."""
+    if plugin:
+        raise ConfigError(f"{where}: a run with the {plugin!r} plug-in has no official checkpoint format (the base "
+                          f"method's official files hold neither its plug-in's leaves nor its logits); expected a "
+                          f"run without a plug-in", hint="evaluate the run directory itself (eval_only_from=RUN_DIR)")
+
+
 def made_by(ckpt: dassl.DasslCheckpoint, method: str | None = None) -> str:
     """The method whose official trainer wrote `ckpt`: `method` when given, else detected from its keys."""
     if method:
@@ -93,6 +102,7 @@ def expected_keys(method: str, prompts_like: Any) -> dict[str, tuple[str, Rule, 
 def to_prompts(ckpt: dassl.DasslCheckpoint, config: ml_collections.ConfigDict, backbone: CLIPConfig,
                prompts_like: Any, method: str | None = None) -> Any:
     """The prompt tree of `ckpt` for `config`'s method and `backbone`, after every check."""
+    check_no_plugin(config.get("plugin", ""), f"{ckpt.path} with plugin={config.get('plugin', '')}")
     found = method_for(ckpt, config.method, method)
     expected = expected_keys(found, prompts_like)
     problems = _problems(ckpt.state_dict, found, expected, backbone, config.prompts.text.n_ctx)

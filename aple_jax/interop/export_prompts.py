@@ -72,6 +72,7 @@ def export(run: paths.PathLike, out: paths.PathLike, epoch: int | None = None, m
         raise CheckpointError(f"{npz} does not record its method (written before provenance existed)",
                               hint="give --method")
     convert.check_supported(method)
+    convert.check_no_plugin(meta.get("config", {}).get("plugin", ""), str(npz))
     out = paths.as_path(out)
     selected = _selected_epoch(run_dir)
     n = _epoch(out, run_dir, selected if epoch is None else epoch, meta)

@@ -36,6 +36,7 @@ def import_checkpoint(path: str, config, out: str, method: str = "") -> dict:
     for what, given in (("checkpoint", path), ("--out", out)):
         paths.check_path(given, what)
     convert.check_supported(config.method)
+    convert.check_no_plugin(config.get("plugin", ""), f"--config with plugin={config.get('plugin', '')}")
     ckpt = dassl.read(path)
     found = convert.method_for(ckpt, config.method, method or None)
     b = config.backbone
