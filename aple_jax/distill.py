@@ -104,19 +104,33 @@ def no_teacher(what: str) -> ConfigError:
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
     """The run's config with `kd.teacher` set: the given teacher, or `<workdir>/teacher` trained now (resumed when
-    it is under way, reused when it is finished); an evaluation of trained prompts must name its teacher."""
+    it is under way, reused when it is finished); an evaluation of trained prompts uses the teacher they record (a
+    run of ours) or must name it (an official file)."""
     if config.kd.teacher:
         return config
-    if config.eval_only_from:   # a new teacher is not the one the student learned from
-        raise no_teacher(f"eval_only_from={config.eval_only_from!r}")
-    directory = str(paths.join(workdir, TEACHER_DIR))
-    from aple_jax.run import run
-    print(f"training the teacher ({config.kd.teacher_config}) in {directory}", flush=True)
-    run(teacher_config(config), directory)
+    teacher_spec = config.kd.teacher_config
+    if config.eval_only_from:   # a new teacher is not the one the student learned from: the recorded one, or none
+        directory, recorded_spec = recorded_teacher(config.eval_only_from)
+        if not directory:
+            raise no_teacher(f"eval_only_from={config.eval_only_from!r}")
+        teacher_spec = teacher_spec or recorded_spec
+        print(f"kd.teacher={directory} (the teacher recorded by eval_only_from)", flush=True)
+    else:
+        directory = str(paths.join(workdir, TEACHER_DIR))
+        from aple_jax.run import run
+        print(f"training the teacher ({config.kd.teacher_config}) in {directory}", flush=True)
+        run(teacher_config(config), directory)
     out = config.copy_and_resolve_references()
     with out.unlocked():
-        out.kd.teacher = directory
+        out.kd.teacher, out.kd.teacher_config = directory, teacher_spec
     return out
+
+
+def recorded_teacher(source: str) -> tuple[str, str]:
+    """(kd.teacher, kd.teacher_config) of the run a student of ours came from, as its run directory or prompts file
+    records them; empty for an official file or a record without them."""
+    kd = ((prompt_files.source_meta(source) or {}).get("run_config") or {}).get("kd", {})
+    return str(kd.get("teacher", "")), str(kd.get("teacher_config", ""))
 
 
 def prepare_seeds(jobs: list[tuple[ml_collections.ConfigDict, str]]) -> list[tuple[ml_collections.ConfigDict, str]]:

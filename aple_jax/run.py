@@ -430,8 +430,11 @@ def curve_epochs(epochs: int, points: int) -> set[int]:
 
 def check_trained_run(source: str, config: ml_collections.ConfigDict, setting: Setting) -> None:
     """Refuses prompts (a run directory or a prompts file) trained for another method, backbone or prompt shape,
-    or for other base classes; a file written before provenance existed is not checked."""
+    or for other base classes (all classes for a method that trains on every class's images); a file written before
+    provenance existed is not checked."""
     base = next((ev.splits for ev in setting.evals if ev.name == "base"), None)
+    if getattr(METHODS.get(config.method), "trains_on_all_classes", False) and base is not None:
+        base = setting.train   # PromptKD: its prompts recorded the base and new classes they saw
     prompt_files.check_provenance(source, prompt_files.source_meta(source), config,
                                   base.name if base else None, list(base.classnames) if base else None)
 

@@ -224,3 +224,5 @@ def test_a_tiny_run_trains_its_teacher_then_a_transductive_student(tmp_path):
                     str(tmp_path / "eval"))
     assert evaluated["accuracy"] == result["accuracy"]
     assert evaluated["transductive"] is True   # a property of the prompts: they saw the new classes' images
+    recorded = run(tiny_config("promptkd", eval_only_from=str(tmp_path / "kd")), str(tmp_path / "eval_recorded"))
+    assert recorded["accuracy"] == result["accuracy"]   # our run directory names the teacher it learned from
