@@ -25,8 +25,8 @@ def main(argv):
     elif flags.FLAGS.verbosity >= 1:
         os.environ[TRACEBACK_ENV] = "1"
     with error_boundary():
+        from aple_jax.reporting.tables import format_run
         from aple_jax.run import run
-        from aple_jax.report import format_run
 
         results = run(_CONFIG.value, _WORKDIR.value)
     print(format_run(results))

@@ -20,10 +20,10 @@ from aple_jax.errors import ReportError
 from aple_jax.run import hm
 
 if TYPE_CHECKING:
-    from aple_jax.report import Group
+    from aple_jax.reporting.groups import Group
 
 COMPARE_KIND = "aple_jax.compare"
-TRANSDUCTIVE = "(transductive)"   # as aple_jax.report marks such rows
+TRANSDUCTIVE = "(transductive)"   # as aple_jax.reporting marks such rows
 AVERAGE = "Average"
 
 

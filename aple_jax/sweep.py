@@ -39,7 +39,9 @@ from aple_jax.data.names import canonical_name
 from aple_jax.errors import CheckpointError, ConfigError, Interrupted, error_boundary
 from aple_jax.progress import format_duration
 from aple_jax.prompt_files import flatten_config
-from aple_jax.report import dataset_name, differing_keys, format_run, read_json
+from aple_jax.reporting.groups import differing_keys
+from aple_jax.reporting.runs import dataset_name, read_json
+from aple_jax.reporting.tables import format_run
 from aple_jax.world.datasets import SUITE as WORLD_SUITE
 from aple_jax.world.datasets import parse_name as parse_world_name
 from configs.common import CROSS_DATASET_TARGETS, IMAGENET_VARIANTS, WORLD_DG_TARGETS, WORLD_XD_TARGETS

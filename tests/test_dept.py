@@ -22,7 +22,7 @@ from aple_jax.methods import build_method
 from aple_jax.plugins import dept
 from aple_jax.predict import load_classifier
 from aple_jax.prompt_files import PROMPTS_META_KEY
-from aple_jax.report import format_run
+from aple_jax.reporting.tables import format_run
 from aple_jax.run import run
 from tests.helpers import random_batch, tiny_config
 

@@ -15,7 +15,7 @@ from aple_jax.errors import ConfigError
 from aple_jax.methods import build_method
 from aple_jax.methods.base import Method
 from aple_jax.prompt_files import prompt_config
-from aple_jax.report import differing_keys
+from aple_jax.reporting.groups import differing_keys
 from aple_jax.run import check_workdir_config
 from tests.helpers import tiny_config
 

@@ -19,6 +19,9 @@ from aple_jax.clip.backbone import Backbone, load_backbone
 from aple_jax.clip.tokenizer import Tokenizer
 from aple_jax.methods import build_method
 from aple_jax.methods.promptkd import STATS, PromptKD, kd_loss, trainable_count
+from aple_jax.reporting.groups import group_runs
+from aple_jax.reporting.runs import load_runs
+from aple_jax.reporting.tables import TRANSDUCTIVE_NOTE, format_run
 from aple_jax.world.grow import deepen
 from tests.helpers import random_batch, tiny_config
 from tests.test_report import write_run
@@ -168,13 +171,13 @@ def test_the_report_marks_transductive_rows_in_tables_and_compare(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and "promptkd" in line]
     assert rows and all("promptkd (transductive)" in line for line in rows)
-    assert R.TRANSDUCTIVE_NOTE in md
+    assert TRANSDUCTIVE_NOTE in md
     assert all("(transductive)" not in line for line in md.splitlines() if "promptsrc" in line)
     assert {g["method"]: g["transductive"] for g in summary["groups"]} == {"promptkd": True, "promptsrc": False}
-    result = compare.compare(R.group_runs(R.load_runs(str(tmp_path))), "promptkd", "promptsrc")
+    result = compare.compare(group_runs(load_runs(str(tmp_path))), "promptkd", "promptsrc")
     assert result["a"] == "promptkd (transductive)" and "promptkd (transductive)" in compare.markdown(result)
     run = json.loads(next((tmp_path / "promptkd").rglob("results.json")).read_text())
-    assert R.format_run(run).splitlines()[2].startswith("| promptkd (transductive) |")
+    assert format_run(run).splitlines()[2].startswith("| promptkd (transductive) |")
 
 
 def test_growing_a_clip_keeps_its_function_bit_for_bit(tiny):

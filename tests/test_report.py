@@ -11,8 +11,15 @@ import pytest
 
 from aple_jax import reference_numbers as ref
 from aple_jax import report as R
+from aple_jax.errors import ReportError
+from aple_jax.reporting.groups import group_runs
+from aple_jax.reporting.plots import history_epochs, mean_history, plot_base2new_bars
+from aple_jax.reporting.runs import REPORT_KIND, find_runs
+from aple_jax.reporting.summary import BASE2NEW_DATASETS, _world_names, base2new_average, dataset_order
+from aple_jax.reporting.tables import format_run
+from configs.common import WORLD_DG_TARGETS, WORLD_XD_TARGETS
 
-DATASETS = R.BASE2NEW_DATASETS
+DATASETS = BASE2NEW_DATASETS
 SEEDS = (1, 2, 3)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -170,7 +177,7 @@ def test_markdown_rows_side_by_side_with_reference(summary):
     assert "| MaPLe (reference) | ViT-B/16 | 16 | 11 | – | 82.28 | 75.14 | 78.55 | README: MaPLe |" in md
     assert "mean ± sample std (n-1) over seeds, [95% interval of the mean] (Student t" in md
     saved = json.loads((summary[1] / "results.json").read_text())
-    assert saved["kind"] == R.REPORT_KIND and len(saved["groups"]) == 22 + 5 + 2
+    assert saved["kind"] == REPORT_KIND and len(saved["groups"]) == 22 + 5 + 2
 
 
 def test_pngs_are_written(summary):
@@ -187,17 +194,17 @@ def test_pngs_are_written(summary):
 
 
 def test_mean_history_over_seeds(runs):
-    group = next(g for g in R.group_runs(R.find_runs(str(runs)))
+    group = next(g for g in group_runs(find_runs(str(runs)))
                  if g.key.method == "aple" and not g.key.tag and g.key.dataset == "OxfordPets")
-    hist = R.mean_history(group)
+    hist = mean_history(group)
     assert [(h["phase"], h["epoch"]) for h in hist] == [("LV", 1), ("LV", 2), ("Stage2", 1), ("Stage2", 2)]
     assert hist[2]["base"] == pytest.approx(54.0) and hist[2]["new"] == pytest.approx(40.0)
 
 
 def test_history_epochs_count_over_phases():
-    assert R.history_epochs(history(1)) == [1, 2, 3, 4]
+    assert history_epochs(history(1)) == [1, 2, 3, 4]
     strided = [{"phase": "LV", "epoch": 10}, {"phase": "LV", "epoch": 20}, {"phase": "Stage2", "epoch": 5}]
-    assert R.history_epochs(strided) == [10, 20, 25]
+    assert history_epochs(strided) == [10, 20, 25]
 
 
 def test_report_into_runs_dir_skips_its_own_aggregate(tmp_path):
@@ -222,7 +229,7 @@ def test_report_joins_an_old_aggregate_with_new_runs(tmp_path):
     assert summary["num_runs"] == 6 and len(summary["groups"]) == 2
     values = {g["method"]: g["accuracy"]["base"]["values"] for g in summary["groups"]}
     assert values == {"coop": [71.0, 72.0, 73.0], "mma": [77.0, 79.0, 81.0]}
-    with pytest.raises(R.ReportError, match="would overwrite it"):
+    with pytest.raises(ReportError, match="would overwrite it"):
         R.report([str(new), aggregate], str(old / "study"), plots=False)
     assert R.main([aggregate, str(new), "--compare", "mma,coop", "--out", str(tmp_path / "cmp")]) == 0
     pair = json.loads((tmp_path / "cmp" / "compare_mma_coop.json").read_text())
@@ -256,7 +263,7 @@ def test_the_aggregate_records_runs_relative_to_the_runs_directory(tmp_path, mon
 def test_few_shot_groups_by_shots(tmp_path):
     for shots in (1, 16):
         write_run(tmp_path, "coop", "DTD", 1, {"all": 40.0 + shots}, setting="all", shots=shots)
-    groups = R.group_runs(R.find_runs(str(tmp_path)))
+    groups = group_runs(find_runs(str(tmp_path)))
     assert [(g.key.shots, g.stats["all"].mean) for g in groups] == [(1, 41.0), (16, 56.0)]
 
 
@@ -265,10 +272,10 @@ def test_unfinished_run_is_named(tmp_path):
     unfinished = tmp_path / "aple" / "base2new" / "DTD" / "shots_16" / "seed2"
     (unfinished / "checkpoints" / "40").mkdir(parents=True)
     (unfinished / "config.json").write_text("{}")
-    with pytest.raises(R.ReportError) as e:
-        R.find_runs(str(tmp_path))
+    with pytest.raises(ReportError) as e:
+        find_runs(str(tmp_path))
     assert str(unfinished) in str(e.value) and "has not finished" in str(e.value)
-    assert len(R.find_runs(str(tmp_path), skip_unfinished=True)) == 1
+    assert len(find_runs(str(tmp_path), skip_unfinished=True)) == 1
 
 
 @pytest.mark.parametrize("change, key", [(dict(backbone="ViT-L/14"), "backbone.name"),
@@ -278,31 +285,31 @@ def test_unfinished_run_is_named(tmp_path):
 def test_incompatible_configs_name_both_runs_and_keys(tmp_path, change, key):
     a = write_run(tmp_path, "aple", "DTD", 1, {"base": 80.0, "new": 60.0})
     b = write_run(tmp_path / "other", "aple", "DTD", 2, {"base": 81.0, "new": 61.0}, **change)
-    with pytest.raises(R.ReportError) as e:
-        R.group_runs(R.find_runs(str(tmp_path)))
+    with pytest.raises(ReportError) as e:
+        group_runs(find_runs(str(tmp_path)))
     assert str(a) in str(e.value) and str(b) in str(e.value) and key in str(e.value)
 
 
 def test_duplicate_seed_is_an_error(tmp_path):
     write_run(tmp_path, "aple", "DTD", 1, {"base": 80.0, "new": 60.0})
     write_run(tmp_path / "copy", "aple", "DTD", 1, {"base": 80.0, "new": 60.0})
-    with pytest.raises(R.ReportError, match="same run"):
-        R.group_runs(R.find_runs(str(tmp_path)))
+    with pytest.raises(ReportError, match="same run"):
+        group_runs(find_runs(str(tmp_path)))
 
 
 def test_empty_missing_and_malformed_inputs(tmp_path, capsys):
-    with pytest.raises(R.ReportError, match="no results.json found below"):
-        R.find_runs(str(tmp_path))
-    with pytest.raises(R.ReportError, match="does not exist"):
-        R.find_runs(str(tmp_path / "nope"))
+    with pytest.raises(ReportError, match="no results.json found below"):
+        find_runs(str(tmp_path))
+    with pytest.raises(ReportError, match="does not exist"):
+        find_runs(str(tmp_path / "nope"))
     bad = tmp_path / "x" / "results.json"
     bad.parent.mkdir()
     bad.write_text("{not json")
-    with pytest.raises(R.ReportError, match=f"{bad} is not valid JSON"):
-        R.find_runs(str(tmp_path))
+    with pytest.raises(ReportError, match=f"{bad} is not valid JSON"):
+        find_runs(str(tmp_path))
     bad.write_text(json.dumps({"method": "aple"}))
-    with pytest.raises(R.ReportError, match="lacks keys"):
-        R.find_runs(str(tmp_path))
+    with pytest.raises(ReportError, match="lacks keys"):
+        find_runs(str(tmp_path))
     with pytest.raises(SystemExit) as exit_info:
         R.main([str(tmp_path / "nope")])
     assert exit_info.value.code == 2
@@ -310,7 +317,7 @@ def test_empty_missing_and_malformed_inputs(tmp_path, capsys):
 
 
 def test_format_run_unchanged():
-    table = R.format_run({"method": "aple", "dataset": "DTD", "seed": 1, "accuracy": {"base": 80.0, "new": 60.0},
+    table = format_run({"method": "aple", "dataset": "DTD", "seed": 1, "accuracy": {"base": 80.0, "new": 60.0},
                           "hm": 68.571})
     assert table.splitlines()[-1] == "| aple | DTD | 1 | 80.00 | 60.00 | 68.57 |"
 
@@ -318,14 +325,14 @@ def test_format_run_unchanged():
 def test_format_run_puts_zero_shot_beside_the_run():
     run = {"method": "aple", "dataset": "X", "seed": 1, "accuracy": {"base": 30.0, "new": 20.0}, "hm": 24.0,
            "zero_shot": {"accuracy": {"base": 1.0, "new": 3.0}}}
-    assert R.format_run(run).splitlines()[-1] == "| zero-shot CLIP | X | - | 1.00 | 3.00 | 1.50 |"
+    assert format_run(run).splitlines()[-1] == "| zero-shot CLIP | X | - | 1.00 | 3.00 | 1.50 |"
 
 
 def test_format_run_of_packed_seeds_has_a_row_per_seed_then_their_mean_spread_and_zero_shot():
     runs = [{"method": "aple", "dataset": "X", "seed": s, "accuracy": {"base": b, "new": n}, "hm": hm(b, n),
              "zero_shot": {"accuracy": {"base": 1.0, "new": 3.0}}} for s, b, n in ((1, 40, 20), (2, 42, 22), (3, 47, 24))]
     # base: mean 43, sample std sqrt(13) = 3.61, half-width 4.3027 x 3.6056 / sqrt(3) = 8.957; new: 22, 2, 4.968
-    assert R.format_run(runs).splitlines()[2:] == [
+    assert format_run(runs).splitlines()[2:] == [
         "| aple | X | 1 | 40.00 | 20.00 | 26.67 |", "| aple | X | 2 | 42.00 | 22.00 | 28.88 |",
         "| aple | X | 3 | 47.00 | 24.00 | 31.77 |",
         "| aple | X | mean ± std | 43.00 ± 3.61 | 22.00 ± 2.00 | 29.11 |",
@@ -333,7 +340,7 @@ def test_format_run_of_packed_seeds_has_a_row_per_seed_then_their_mean_spread_an
         "| zero-shot CLIP | X | - | 1.00 | 3.00 | 1.50 |",
         "", "3 seeds: mean ± sample std (n-1); 95% interval of the mean (Student t); HM of the means"]
     one = [{"method": "aple", "dataset": "DTD", "seed": s, "accuracy": {"all": 50.0 + s}} for s in (2, 3)]
-    assert R.format_run(one).splitlines()[2:5] == ["| aple | DTD | 2 | 52.00 |", "| aple | DTD | 3 | 53.00 |",
+    assert format_run(one).splitlines()[2:5] == ["| aple | DTD | 2 | 52.00 |", "| aple | DTD | 3 | 53.00 |",
                                                    "| aple | DTD | mean ± std | 52.50 ± 0.71 |"]
 
 
@@ -355,17 +362,17 @@ def test_reference_numbers_are_internally_consistent():
 def test_the_world_suite_is_a_complete_average():
     from aple_jax.world import SUITE
     per_dataset = {d: {"base": 50.0 + i, "new": 40.0} for i, d in enumerate(SUITE)}
-    avg = R.base2new_average(per_dataset)
+    avg = base2new_average(per_dataset)
     assert avg["complete"] and avg["datasets"] == list(SUITE) and avg["base"] == 55.0
-    assert not R.base2new_average({d: v for d, v in per_dataset.items() if d != "WorldScenes"})["complete"]
+    assert not base2new_average({d: v for d, v in per_dataset.items() if d != "WorldScenes"})["complete"]
 
 
 def test_world_transfer_tables(tmp_path):
     """`:world,xd` / `:world,dg` runs (trained on WorldScenes-Tint) fill the world's own transfer tables, with a mean
     over the targets; they stay out of the ImageNet tables."""
     source = "world:WorldScenes-Tint"
-    xd = (source,) + tuple(f"world:{t}" for t in R._world_names(R.WORLD_XD_TARGETS))
-    dg = (source,) + tuple(f"world:{t}" for t in R._world_names(R.WORLD_DG_TARGETS))
+    xd = (source,) + tuple(f"world:{t}" for t in _world_names(WORLD_XD_TARGETS))
+    dg = (source,) + tuple(f"world:{t}" for t in _world_names(WORLD_DG_TARGETS))
     for s in SEEDS:
         write_run(tmp_path / "xd", "aple", "WorldScenes-Tint", s, {t: 10.0 * i + s for i, t in enumerate(xd)},
                   setting="transfer", backbone="world", eval_datasets=xd)
@@ -424,8 +431,8 @@ def test_bars_carry_the_95_percent_intervals(summary, tmp_path, monkeypatch):
         return original(self, x, height, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
-    R.plot_base2new_bars(summary[0], str(tmp_path / "bars.png"))
-    names = sorted({d for s in summary[0]["base2new"] for d in s["datasets"]}, key=R._dataset_order) + ["Average"]
+    plot_base2new_bars(summary[0], str(tmp_path / "bars.png"))
+    names = sorted({d for s in summary[0]["base2new"] for d in s["datasets"]}, key=dataset_order) + ["Average"]
     base = next(d for d in drawn if d[0].startswith("aple (") and d[2] is not None)   # the first panel: Base
     pets = names.index("OxfordPets")
     half = 4.302652730 / math.sqrt(3)
