@@ -290,6 +290,18 @@ def test_incompatible_configs_name_both_runs_and_keys(tmp_path, change, key):
     assert str(a) in str(e.value) and str(b) in str(e.value) and key in str(e.value)
 
 
+def test_a_distilled_runs_teacher_is_a_row_of_its_own(tmp_path):
+    """A teacher trained beside a student's packed seeds (or inside its run) shares no config with its method's
+    study runs: it is tagged `teacher`, not refused as an incompatible seed of them."""
+    write_run(tmp_path, "ivlp", "DTD", 1, {"base": 80.0, "new": 60.0})
+    student = write_run(tmp_path, "promptkd", "DTD", 1, {"base": 70.0, "new": 65.0})
+    teacher = write_run(tmp_path / "t", "ivlp", "DTD", 1, {"base": 90.0, "new": 70.0}, backbone="ViT-L/14")
+    teacher.rename(student.parent / "teacher")
+    groups = group_runs(find_runs(str(tmp_path)))
+    assert sorted((g.key.method, g.key.tag, g.key.backbone) for g in groups) == [
+        ("ivlp", "", "ViT-B/16"), ("ivlp", "teacher", "ViT-L/14"), ("promptkd", "", "ViT-B/16")]
+
+
 def test_duplicate_seed_is_an_error(tmp_path):
     write_run(tmp_path, "aple", "DTD", 1, {"base": 80.0, "new": 60.0})
     write_run(tmp_path / "copy", "aple", "DTD", 1, {"base": 80.0, "new": 60.0})

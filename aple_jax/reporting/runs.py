@@ -9,10 +9,12 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 from aple_jax import aggregate_input, paths
 from aple_jax.data.errors import UnknownDatasetError
+from aple_jax.distill import TEACHER_DIR
 from aple_jax.data.names import canonical_name
 from aple_jax.errors import ReportError
 
 REPORT_KIND = aggregate_input.AGGREGATE_KIND      # marks our aggregate results.json so that a later scan skips it
+TEACHER_TAG = "teacher"   # the rows of distilled runs' teachers
 REQUIRED_KEYS = ("method", "dataset", "setting", "seed", "shots", "backbone", "tag", "prompt_length", "accuracy",
                  "config")
 _TABLE_NAMES = {"OxfordFlowers": "Flowers102", "DescribableTextures": "DTD"}
@@ -88,13 +90,17 @@ def find_runs(runs_dir: str, skip_unfinished: bool = False) -> list[Run]:
     skipped."""
     if not paths.as_path(runs_dir).is_dir():
         raise ReportError(f"runs directory {runs_dir} does not exist")
-    runs, unfinished = [], []
+    runs, unfinished, teachers = [], [], set()
     for path, dirs, files in _walk(os.fspath(runs_dir)):
         started = "config.json" in files or "checkpoints" in dirs
         dirs[:] = sorted(d for d in dirs if d != "checkpoints")
+        if TEACHER_DIR in dirs and (started or any(d.startswith("seed") for d in dirs)):
+            teachers.add(os.path.join(path, TEACHER_DIR))
         if "results.json" in files:
             results = _read_results(os.path.join(path, "results.json"))
             if results is not None:
+                if path in teachers:
+                    results = as_teacher(results)
                 runs.append(Run(path, results, run_name(path, runs_dir)))
         elif started:
             unfinished.append(path)
@@ -106,6 +112,13 @@ def find_runs(runs_dir: str, skip_unfinished: bool = False) -> list[Run]:
         raise ReportError(f"no results.json found below {runs_dir}; expected run directories written by launch.py "
                           f"or `python -m aple_jax.sweep`")
     return runs
+
+
+def as_teacher(results: dict[str, Any]) -> dict[str, Any]:
+    """A distilled run's teacher (`teacher/` inside a student's run, or beside its packed seeds) as a row of its
+    own, tagged `teacher`: not one of its method's study runs, whose config it does not share."""
+    tag = f"{results['tag']}-{TEACHER_TAG}" if results["tag"] else TEACHER_TAG
+    return {**results, "tag": tag, "config": {**results["config"], "tag": tag}}
 
 
 def _walk(top: str) -> Iterable[tuple[str, list[str], list[str]]]:
