@@ -200,10 +200,10 @@ def as_items(images: Any) -> list[str | np.ndarray]:
     return items
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _scores(method, prompts, clip_params, class_side, images, topk):
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _scores(method, prompts, clip_params, class_side, images, topk, split):
     """(softmax probabilities over the classes at the model's logit scale,), or (top k of them, their indices)."""
-    logits = evaluate.test_logits(method, prompts, clip_params, class_side, images).astype(np.float32)
+    logits = evaluate.test_logits(method, prompts, clip_params, class_side, images, split).astype(np.float32)
     probs = jax.nn.softmax(logits, axis=-1)
     return (probs,) if topk is None else tuple(jax.lax.top_k(probs, topk))
 
@@ -222,7 +222,9 @@ class Classifier:
     """A method's prompts (none for zero-shot CLIP) on a frozen CLIP, scoring images against `classnames`.
 
     Images are test-transformed as in evaluation (short side resized, center crop, CLIP normalisation), batched,
-    sharded over every device; the class text features are computed once per class set (`with_classes`).
+    sharded over every device; the class text features are computed once per class set (`with_classes`). The classes
+    the prompts trained on, in their order, are scored as the run scored them; any other class list as new classes
+    (split "new": a method whose base-class logits differ, e.g. DePT's head or DPC's mix, uses its new-class ones).
     """
     method: Any
     prompts: Any
@@ -231,6 +233,8 @@ class Classifier:
     template: str                     # the dataset template zero-shot CLIP's text uses
     classnames: tuple[str, ...] = ()
     class_side: Any = None            # text features (C, P), or the class texts of per-image-text methods
+    trained: tuple[str, ...] = ()     # the classes the prompts trained on (none recorded: every list scored "all")
+    split: str = "all"                # "all" on the trained classes (or none recorded), else "new"
     batch_size: int = DEFAULT_BATCH_SIZE
     num_workers: int = 0
     progress: bool = False
@@ -239,7 +243,8 @@ class Classifier:
         """The same model for other class names, their text features computed here, once."""
         names = check_classnames(names, "class names")
         side = evaluate.class_side(self.method, self.prompts, self.clip_params, names, self.template)
-        return dataclasses.replace(self, classnames=tuple(names), class_side=side)
+        split = "all" if not self.trained or tuple(names) == self.trained else "new"
+        return dataclasses.replace(self, classnames=tuple(names), class_side=side, split=split)
 
     def predict(self, images: Any) -> np.ndarray:
         """(N, C) probabilities of images given as paths (local or gs://) or uint8 RGB arrays; an unreadable file
@@ -280,7 +285,8 @@ class Classifier:
         masks, outputs = [], []
         try:
             for step, batch in enumerate(loader, 1):
-                out = _scores(self.method, self.prompts, self.clip_params, self.class_side, batch["image"], topk)
+                out = _scores(self.method, self.prompts, self.clip_params, self.class_side, batch["image"], topk,
+                              self.split)
                 mask, out = jax.device_get((batch["mask"], out))
                 masks.append(mask)
                 outputs.append(out)
@@ -306,16 +312,18 @@ def load_classifier(source: str, classnames: Sequence[str] | None = None,
     backbone, clip_params, tokenizer = load_backbone(b.name, b.weights, b.tokenizer, b.dtype)
     mesh = sharding.make_mesh()
     clip_params = sharding.replicate(clip_params, mesh)
+    trained = []
     if source == ZEROSHOT or config.method == ZEROSHOT:
         method, prompts = zero_shot_reference(config, backbone, tokenizer), {}
     else:
         method = build_method(config, backbone, tokenizer)
         phases = train.scale_phases(method.phases(), config.optim.epoch_scale)
-        like = method.init(jax.random.key(config.seed), clip_params, trained_classnames(source))
+        trained = trained_classnames(source)
+        like = method.init(jax.random.key(config.seed), clip_params, trained)
         prompts = load_trained_prompts(source, method, phases, like)
     return Classifier(method, sharding.replicate(prompts, mesh), clip_params, mesh,
-                      dataset_template(config.dataset.name), batch_size=batch_size, num_workers=num_workers,
-                      progress=progress).with_classes(names)
+                      dataset_template(config.dataset.name), trained=tuple(trained), batch_size=batch_size,
+                      num_workers=num_workers, progress=progress).with_classes(names)
 
 
 # ---------------------------------------------------------------------------------------------------- the CLI

@@ -178,3 +178,13 @@ def test_packed_seeds_resume_bit_for_bit_and_print_beside_the_base_method(tmp_pa
     assert table.index("| promptsrc+dept |") < table.index("| promptsrc |")
     classifier = load_classifier(str(tmp_path / "full" / "seed1"))   # the head's rows: one per training class
     assert classifier.predict([np.zeros((32, 32, 3), np.uint8)]).shape == (1, 5)
+    # predict scores the training classes with the head and any other list (the new classes: as many) without it,
+    # as the run's evaluations did
+    from aple_jax.run import build_setting, seed_config
+    evals = json.loads((tmp_path / "full" / "seed1" / "results.json").read_text())["evals"]
+    for ev in build_setting(seed_config(config(""), 1)).evals:
+        images = np.stack([ev.splits.test[i]["image"] for i in range(len(ev.splits.test))])
+        predicted = classifier.with_classes(ev.splits.classnames).predict(images).argmax(1)
+        labels = ev.splits.test.labels
+        correct = np.bincount(labels[predicted == labels], minlength=ev.splits.num_classes)
+        assert correct.tolist() == evals[ev.name]["per_class_correct"], ev.name
