@@ -157,9 +157,10 @@ def plot_confusion(confusion: np.ndarray, classnames: Sequence[str], title: str,
 
 
 def run_slug(run_dir: str, runs_dir: str) -> str:
-    """A file-name stem for a run directory: its path below `runs_dir`, or its name when it is `runs_dir`."""
+    """A file-name stem for a run directory: its path below `runs_dir` (of a run beside it: from their common
+    folder on, without `..`), or its name when it is `runs_dir`."""
     rel = os.path.relpath(run_dir, runs_dir) if not paths.is_remote(run_dir) else run_dir[len(runs_dir):]
-    rel = rel.strip("/")
+    rel = "/".join(part for part in rel.split("/") if part not in ("..", "."))
     if rel in ("", "."):
         rel = os.path.basename(run_dir.rstrip("/")) or "run"
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", rel).strip("_")

@@ -87,3 +87,10 @@ def test_a_thousand_class_confusion_stays_one_bounded_picture(tmp_path):
     report_classes.plot_confusion(confusion, [f"class {i}" for i in range(n)], "1000 classes", path)
     with Image.open(path) as img:
         assert max(img.size) <= 2200
+
+
+def test_run_slugs_name_runs_below_and_beside_the_runs_directory():
+    from aple_jax.report_classes import run_slug
+    assert run_slug("/r/coop/DTD/seed1", "/r") == "coop_DTD_seed1"
+    assert run_slug("/r", "/r") == "r"
+    assert run_slug("/other/coop+dept/seed1", "/docs/studies/b2n") == "other_coop+dept_seed1"   # no `..`
