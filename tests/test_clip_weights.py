@@ -120,6 +120,21 @@ def test_minimal_hub_config_uses_defaults(tmp_path):
     assert load_clip(d)[0] == cfg
 
 
+def test_float16_files_are_half_the_size_and_load_as_float32(tmp_path, tiny_params):
+    full = save_hf(str(tmp_path / "fp32"), TINY, tiny_params)
+    half = save_hf(str(tmp_path / "fp16"), TINY, tiny_params, dtype="float16")
+    size = lambda d: os.path.getsize(os.path.join(d, "model.safetensors"))
+    assert 0.45 < size(half) / size(full) < 0.55
+    cfg, params = load_clip(half)
+    assert cfg == TINY and json.loads((tmp_path / "fp16" / "config.json").read_text())["dtype"] == "float16"
+    for name, w in flatten_params(params).items():
+        want = flatten_params(tiny_params)[name]
+        assert w.dtype == np.float32
+        np.testing.assert_array_equal(w, want.astype(np.float16).astype(np.float32), err_msg=name)
+    with pytest.raises(ValueError, match="bfloat16.*expected float32 or float16"):
+        save_hf(str(tmp_path / "bad"), TINY, tiny_params, dtype="bfloat16")
+
+
 # ---------------------------------------------------------------------------------------------------- bad input
 
 def test_missing_directory(tmp_path):

@@ -1,7 +1,7 @@
 """PromptKD: the student's count at ViT-B/16, its KD term against the teacher's cached text features (the teacher's
 text tower runs once per class set), learning with every frozen leaf bit-identical, the BatchNorm buffers, model
-selection, the transductive label in results.json and the report, and the function-preserving growth of the
-larger world CLIP."""
+selection, the transductive label in results.json and the report, and the function-preserving growth (deeper,
+wider) of the larger world CLIPs."""
 import json
 import types
 
@@ -22,7 +22,7 @@ from aple_jax.methods.promptkd import STATS, PromptKD, kd_loss, trainable_count
 from aple_jax.reporting.groups import group_runs
 from aple_jax.reporting.runs import load_runs
 from aple_jax.reporting.tables import TRANSDUCTIVE_NOTE, format_run
-from aple_jax.world.grow import deepen
+from aple_jax.world.grow import deepen, widen
 from tests.helpers import random_batch, tiny_config
 from tests.test_report import write_run
 
@@ -180,19 +180,42 @@ def test_the_report_marks_transductive_rows_in_tables_and_compare(tmp_path):
     assert format_run(run).splitlines()[2].startswith("| promptkd (transductive) |")
 
 
+def _assert_same_function(old: tuple, new: tuple, check) -> None:
+    """`check` on the image features and the logits of two (config, params) CLIPs."""
+    images = random_batch(2, 32, 1)["image"]
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, 999, (2, old[0].context_length)), jnp.int32)
+    for fn, args in ((clip_model.CLIP.encode_image, (images,)), (clip_model.CLIP.__call__, (images, tokens))):
+        a, b = (clip_model.CLIP(cfg).apply({"params": p}, *args, method=fn) for cfg, p in (old, new))
+        jax.tree.map(check, a, b)
+
+
 def test_growing_a_clip_keeps_its_function_bit_for_bit(tiny):
     backbone, params, _ = tiny
     cfg, grown = deepen(backbone.cfg, jax.tree.map(np.asarray, params), vision_layers=5, text_layers=3)
     assert (cfg.vision_layers, cfg.text_layers) == (5, 3) and len(grown["visual"]["transformer"]) == 5
-    images = random_batch(2, 32, 1)["image"]
-    tokens = jnp.asarray(np.random.default_rng(0).integers(1, 999, (2, cfg.context_length)), jnp.int32)
-    old, new = clip_model.CLIP(backbone.cfg), clip_model.CLIP(cfg)
-    for fn, args in ((clip_model.CLIP.encode_image, (images,)), (clip_model.CLIP.__call__, (images, tokens))):
-        a = old.apply({"params": params}, *args, method=fn)
-        b = new.apply({"params": grown}, *args, method=fn)
-        jax.tree.map(np.testing.assert_array_equal, a, b)
+    _assert_same_function((backbone.cfg, params), (cfg, grown), np.testing.assert_array_equal)
     with pytest.raises(ValueError, match="cannot grow"):
         deepen(backbone.cfg, params, vision_layers=1)
+
+
+def test_widening_a_clip_keeps_its_function_and_lets_the_copies_grow_apart(tiny):
+    backbone, params, _ = tiny
+    params = jax.tree.map(np.asarray, params)
+    cfg, wide = widen(backbone.cfg, params, seed=3)
+    assert (cfg.vision_width, cfg.vision_heads) == (2 * backbone.cfg.vision_width, 2 * backbone.cfg.vision_heads)
+    assert wide["text"] is params["text"] and wide["visual"]["class_embedding"].shape == (cfg.vision_width,)
+    _assert_same_function((backbone.cfg, params), (cfg, wide),
+                          lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5))
+    # the split halves differ (else the copies would get equal gradients forever) and sum back to the old matrix
+    proj, half = wide["visual"]["proj"]["kernel"], backbone.cfg.vision_width
+    assert not np.allclose(proj[:half], proj[half:])
+    np.testing.assert_allclose(proj[:half] + proj[half:], params["visual"]["proj"]["kernel"], atol=1e-6)
+    # the two copies of each width channel get different gradients: training separates them
+    images = random_batch(2, 32, 1)["image"]
+    encode = lambda p: clip_model.CLIP(cfg).apply({"params": p}, images, method=clip_model.CLIP.encode_image)
+    grad = jax.grad(lambda p: jnp.sum(encode(p) ** 2))(wide)
+    g = np.asarray(grad["visual"]["class_embedding"])
+    assert np.abs(g[:half] - g[half:]).max() > 1e-3 * np.abs(g).max()
 
 
 @pytest.mark.slow

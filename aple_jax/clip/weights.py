@@ -632,17 +632,28 @@ def hf_config_dict(cfg: CLIPConfig, bos_token_id: int | None = None, eos_token_i
                 text_config=text, vision_config=vision)
 
 
-def save_hf(out_dir: str, cfg: CLIPConfig, params: Params, **config_kw: Any) -> str:
-    """Write `config.json` + `model.safetensors` (transformers' CLIPModel layout); returns out_dir."""
+def save_hf(out_dir: str, cfg: CLIPConfig, params: Params, dtype: str = "float32", **config_kw: Any) -> str:
+    """Write `config.json` + `model.safetensors` (transformers' CLIPModel layout, tensors in `dtype`: float32 or
+    float16, which halves the file; loading reads either as float32); returns out_dir."""
     from safetensors.numpy import save_file
 
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"save_hf: dtype {dtype!r}; expected float32 or float16")
     os.makedirs(out_dir, exist_ok=True)
+    config = hf_config_dict(cfg, **config_kw)
+    config["dtype"] = dtype
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config_dict(cfg, **config_kw), f, indent=2)
-    save_file(params_to_hf(params, cfg), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        json.dump(config, f, indent=2)
+    tensors = {k: v.astype(dtype) for k, v in params_to_hf(params, cfg).items()}
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     return out_dir
 
 
 def flatten_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """'/'-joined flat view of a parameter tree (e.g. `visual/conv1/kernel`)."""
     return _flatten(params)
+
+
+def unflatten_params(flat: Mapping[str, Any]) -> Params:
+    """The parameter tree of a '/'-joined flat view (`flatten_params`' inverse)."""
+    return _unflatten(flat)
