@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from aple_jax import config_schema, evaluate, interop, paths, prompt_files, sharding, train
+from aple_jax import config_schema, distill, evaluate, interop, paths, prompt_files, sharding, train
 from aple_jax.clip.backbone import check_weights, load_backbone
 from aple_jax.config_files import load_config
 from aple_jax.data.errors import BadImageError, DataError
@@ -307,6 +307,8 @@ def load_classifier(source: str, classnames: Sequence[str] | None = None,
     config = source_config(source, config)
     names = check_classnames(classnames, "class names") if classnames is not None else source_classnames(source)
     config_schema.validate(config, check_paths=False)
+    if "kd" in config and not config.kd.teacher:   # a distilled student scores against its teacher's text features
+        raise distill.no_teacher(f"--from {source}")
     b = config.backbone
     check_weights(b.name, b.weights)
     backbone, clip_params, tokenizer = load_backbone(b.name, b.weights, b.tokenizer, b.dtype)

@@ -864,17 +864,23 @@ def test_an_official_checkpoint_evaluates_and_classifies_as_its_import(method, o
         run(tiny_config(method, eval_only_from=official, **override, **SMALL), str(tmp_path / "c"))
 
 
-def test_a_promptkd_student_without_its_teacher_or_with_one_of_another_width_is_refused(openai_tiny, tmp_path):
+def test_a_promptkd_student_without_its_teacher_or_with_one_of_another_width_is_refused(openai_tiny, tmp_path,
+                                                                                        monkeypatch):
     """A student scores against its teacher's text features: evaluating or classifying with an official student
-    file needs `kd.teacher` (no teacher is trained for an evaluation), and one of the width its projector maps to."""
+    file needs `kd.teacher` (no teacher is trained for an evaluation; predict says so before any CLIP loads), and one
+    of the width its projector maps to."""
+    from aple_jax import predict
     from aple_jax.predict import load_classifier
     path = save_official(str(tmp_path / "output"), "promptkd", official_state_dict("promptkd", openai_tiny))
     with pytest.raises(ConfigError, match=r"eval_only_from='.*/VLPromptLearner/model\.pth\.tar-20': a PromptKD "
                                           r"student .* kd\.teacher is empty"):
         run(tiny_config("promptkd", eval_only_from=path, **SMALL), str(tmp_path / "a"))
     assert not (tmp_path / "a" / "teacher").exists()
-    with pytest.raises(ConfigError, match=r"this PromptKD config: .* kd\.teacher is empty"):
-        load_classifier(path, ["red circle", "green square"], tiny_config("promptkd"))
+    with monkeypatch.context() as m:
+        m.setattr(predict, "load_backbone", lambda *a, **k: pytest.fail("a CLIP loaded before the teacher was checked"))
+        with pytest.raises(ConfigError, match=r"--from .*/model\.pth\.tar-20: a PromptKD student .* "
+                                              r"kd\.teacher is empty"):
+            load_classifier(path, ["red circle", "green square"], tiny_config("promptkd"))
     teacher = save_official(str(tmp_path / "teacher"), "ivlp", official_state_dict("ivlp", openai_tiny))
     wide = save_official(str(tmp_path / "wide"), "promptkd",
                          promptkd_file(promptkd_student(openai_tiny, teacher_width=48)))
