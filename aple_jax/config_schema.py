@@ -27,6 +27,7 @@ from aple_jax.methods.base import TEACHER_IMAGES, TEACHER_INPUTS
 from aple_jax.methods.promptkd import SELECT as KD_SELECT
 from aple_jax.methods.zeroshot import ENSEMBLE_MODES, TEMPLATE_CHOICES
 from aple_jax.train import OPTIMIZERS, SCHEDULES
+from aple_jax.world.zeroshot import WORLD_BACKBONES
 from configs.common import SETTINGS
 
 Check = Callable[[Any], bool]
@@ -168,8 +169,7 @@ def backbone_shape(config: ml_collections.ConfigDict) -> dict[str, int] | None:
     preset, or a Hugging Face directory's config.json; None where neither tells."""
     b = config.backbone
     weights = b.weights
-    if not weights and b.name in ("world", "world-large"):
-        from aple_jax.world.zeroshot import WORLD_BACKBONES
+    if not weights and b.name in WORLD_BACKBONES:
         weights = WORLD_BACKBONES[b.name]
     cfg_path = os.path.join(weights, "config.json") if weights else ""
     if cfg_path and os.path.isfile(cfg_path):
@@ -284,11 +284,10 @@ def _check_dataset_name(name: str) -> None:
 
 def _backbone(config: ml_collections.ConfigDict, check_paths: bool) -> Iterator[str]:
     b, p = config.backbone, config.prompts
-    if not b.weights and b.name not in ("tiny", "world", "world-large"):
-        known = ", ".join(sorted(PRESETS))
+    if not b.weights and b.name != "tiny" and b.name not in WORLD_BACKBONES:
+        known = ", ".join(sorted(PRESETS) + list(WORLD_BACKBONES))
         if b.name not in PRESETS:
-            yield (f"backbone.name={b.name!r}; expected one of {known}, 'world', 'world-large' (or any name with "
-                   f"backbone.weights)")
+            yield f"backbone.name={b.name!r}; expected one of {known} (or any name with backbone.weights)"
             return
     if b.tokenizer and not b.weights and b.name == "tiny":
         yield (f"backbone.tokenizer={b.tokenizer!r} means nothing to the tiny backbone, whose random weights come "

@@ -25,9 +25,10 @@ WORLD_EPOCH_SCALE = 1.0
 # reached by the epoch factor; under the world preset their steps per shot x this factor (docs/world.md): the largest
 # of 0.05, 0.1, ... that keeps the four new methods' base-to-novel sweep within about 45 minutes on 2 CPU cores.
 WORLD_ITERATION_SCALE = 0.05
-# The larger world CLIP (`world-large`, 8 vision blocks): prompts in at most 6 of them, 3/4 of the tower as 9 of
-# ViT-B's 12 (the shipped CLIP's 4 blocks take 3); its text tower has the shipped 4 blocks and keeps the cap of 3.
+# The larger world CLIPs (`world-large`, `world-xl`: 8 vision blocks): prompts in at most 6 of them, 3/4 of the tower
+# as 9 of ViT-B's 12 (the shipped CLIP's 4 blocks take 3); their text towers have the shipped 4 blocks and keep 3.
 WORLD_LARGE_VISION_DEPTH = 6
+WORLD_LARGE_BACKBONES = ("world-large", "world-xl")
 # Epoch-end checkpoints at least this many steps apart under the world preset and the step-budget recipes: a recipe
 # of thousands of steps over a few-shot split of a dozen steps per epoch would otherwise save hundreds.
 CHECKPOINT_MIN_STEPS = 500
@@ -152,7 +153,7 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, **extra: Any) -> m
                        ("weights", "backbone.weights"), ("tokenizer", "backbone.tokenizer"), ("setting", "setting")):
         if a[key]:
             _set(c, field, a[key])
-    if (a.demo or a.world) and c.backbone.name == "world-large":
+    if (a.demo or a.world) and c.backbone.name in WORLD_LARGE_BACKBONES:
         c.prompts.vision.depth = min(recipe_vision_depth, WORLD_LARGE_VISION_DEPTH)
     if a.seed:
         c.seed = a.seed

@@ -242,6 +242,32 @@ def test_shipped_clip_reproduces_its_recorded_zero_shot_accuracy():
     assert len(SPECS["WorldScenes"].classnames) >= 20 and acc >= 0.6
 
 
+@pytest.mark.parametrize("name,width,grown_by", [("world-large", 128, "--vision-layers 8"),
+                                                  ("world-xl", 256, "--widen-vision")])
+def test_larger_world_clips_load_by_name_and_reproduce_their_recorded_zero_shot_accuracy(name, width, grown_by):
+    """The larger CLIPs grow the shipped one (8 vision blocks; world-xl also twice as wide), record the command that
+    grew them over the record they grew from, and score as their training.json says."""
+    from aple_jax.clip.backbone import load_backbone
+    from aple_jax.world import WORLD_BACKBONES
+
+    backbone, _, tokenizer = load_backbone(name, "")
+    cfg = backbone.cfg
+    assert (cfg.vision_layers, cfg.vision_width, cfg.vision_heads) == (8, width, width // 64)
+    shipped = load_backbone("world", "")[0].cfg
+    assert (cfg.text_layers, cfg.text_width, cfg.image_resolution) == (4, 96, 64) and tokenizer.vocab_size == 678
+    assert (cfg.text_layers, cfg.text_width) == (shipped.text_layers, shipped.text_width)
+    with open(os.path.join(WORLD_BACKBONES[name], "training.json")) as f:
+        record = json.load(f)
+    assert grown_by in record["command"] and "--init-from" in record["command"]
+    chain = [record]
+    while "continued_from" in chain[-1]:
+        chain.append(chain[-1]["continued_from"])
+    assert chain[-1]["command"] == "python -m aple_jax.world.pretrain --out aple_jax/assets/world_clip --seed 0"
+    n = record["zero_shot"]["n_per_class"]
+    assert zero_shot_accuracy("WorldScenes", n, seed=0, weights=WORLD_BACKBONES[name]) == \
+        record["zero_shot"]["top1"]["WorldScenes"]
+
+
 # ----------------------------------------------------------------------------------------------- the demo run
 
 # Epochs of each method's recipe under the world preset (x 1.0: its own), and its optimizer steps on
@@ -324,7 +350,7 @@ def test_world_prompt_depth_follows_the_tower():
     from configs import coop, promptsrc
 
     for args, depths in (("world", (3, 3)), ("world,backbone=world-large", (3, 6)),
-                         ("demo,backbone=world-large", (3, 6))):
+                         ("demo,backbone=world-large", (3, 6)), ("world,backbone=world-xl", (3, 6))):
         c = promptsrc.get_config(args)
         assert (c.prompts.text.depth, c.prompts.vision.depth) == depths, args
     assert coop.get_config("world,backbone=world-large").prompts.vision.depth == \

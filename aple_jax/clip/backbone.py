@@ -65,8 +65,8 @@ def encode_text(backbone: Backbone, params: Any, embeds: Array, eot_idx: Array) 
 
 def check_weights(name: str, weights: str) -> str:
     """The weights path to load ('' for the random tiny preset), refusing a missing one before anything loads."""
-    if name in ("world", "world-large") and not weights:   # the tiny CLIPs pretrained on the procedural world,
-        from aple_jax.world import WORLD_BACKBONES                # shipped in the repo
+    from aple_jax.world import WORLD_BACKBONES   # the tiny CLIPs pretrained on the procedural world, in the repo
+    if name in WORLD_BACKBONES and not weights:
         return WORLD_BACKBONES[name]
     if weights and not paths.as_path(weights).exists():
         if paths.is_remote(weights):

@@ -13,10 +13,12 @@ from aple_jax.data.transforms import test_transform
 from aple_jax.world.datasets import build_world_dataset
 
 WORLD_CLIP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "world_clip")
-# The larger world CLIP (8 vision layers, grown from the shipped one and trained on): PromptKD's world teacher.
+# The larger world CLIPs, grown from the shipped one and trained on (docs/world.md): 8 vision layers (`world-large`),
+# and those twice as wide (`world-xl`, 8 times the shipped vision tower's FLOPs).
 WORLD_CLIP_LARGE_DIR = WORLD_CLIP_DIR + "_large"
+WORLD_CLIP_XL_DIR = WORLD_CLIP_DIR + "_xl"
 # Backbone names that need no backbone.weights: the shipped world CLIPs.
-WORLD_BACKBONES = {"world": WORLD_CLIP_DIR, "world-large": WORLD_CLIP_LARGE_DIR}
+WORLD_BACKBONES = {"world": WORLD_CLIP_DIR, "world-large": WORLD_CLIP_LARGE_DIR, "world-xl": WORLD_CLIP_XL_DIR}
 EVAL_BATCH = 256
 
 
