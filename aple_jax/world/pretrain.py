@@ -15,10 +15,13 @@ of every batch (shallow and deep, as IVLP inserts them): a ViT with 16 patch tok
 extra tokens it never saw, which a 197-token ViT-B/16 hardly notices.
 
     python -m aple_jax.world.pretrain --out aple_jax/assets/world_clip_large --init-from aple_jax/assets/world_clip \
-        --vision-layers 8 --steps 900 --lr 0.0005 --warmup 50 --prompt-tokens 4
+        --vision-layers 8 --steps 150 --lr 0.0005 --warmup 15 --prompt-tokens 4 --ckpt-every 25
+    python -m aple_jax.world.pretrain --out aple_jax/assets/world_clip_xl --init-from aple_jax/assets/world_clip_large \
+        --widen-vision --steps 1200 --lr 0.00025 --warmup 50 --prompt-tokens 4 --ckpt-every 100 --save-dtype float16
 
-grows the model before it continues (`aple_jax.world.grow.deepen`: new blocks whose residual branches start at
-zero, so training starts from exactly the old model's function) into the larger world CLIP that teaches PromptKD.
+grow the model before it continues (`aple_jax.world.grow`: `deepen` adds blocks whose residual branches start at
+zero, `widen` doubles the vision width with copied channels; training starts from the old model's function) into
+the larger world CLIPs that teach PromptKD (`world-large`; `world-xl`, 4.6 times the shipped model's FLOPs).
 """
 from __future__ import annotations
 
