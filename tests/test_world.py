@@ -242,15 +242,28 @@ def test_shipped_clip_reproduces_its_recorded_zero_shot_accuracy():
     assert len(SPECS["WorldScenes"].classnames) >= 20 and acc >= 0.6
 
 
-@pytest.mark.parametrize("name,width,grown_by", [("world-large", 128, "--vision-layers 8"),
-                                                  ("world-xl", 256, "--widen-vision")])
-def test_larger_world_clips_load_by_name_and_reproduce_their_recorded_zero_shot_accuracy(name, width, grown_by):
-    """The larger CLIPs grow the shipped one (8 vision blocks; world-xl also twice as wide), record the command that
-    grew them over the record they grew from, and score as their training.json says."""
+def _image_flops(backbone, params) -> float:
+    """XLA's FLOP count of one image through the vision tower."""
+    import jax
+    import jax.numpy as jnp
+
+    image = jnp.zeros((1, 64, 64, 3))
+    cost = jax.jit(backbone.image).lower(params, image).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+@pytest.mark.parametrize("name,width,grown_by,flops", [("world-large", 128, "--vision-layers 8", (1.8, 2.0)),
+                                                        ("world-xl", 256, "--widen-vision", (7.0, 7.5))])
+def test_larger_world_clips_load_by_name_and_reproduce_their_recorded_zero_shot_accuracy(name, width, grown_by, flops):
+    """The larger CLIPs grow the shipped one (8 vision blocks; world-xl also twice as wide: 7.2 times its image
+    FLOPs, docs/world.md), record the command that grew them over the record they grew from, and score as their
+    training.json says."""
     from aple_jax.clip.backbone import load_backbone
     from aple_jax.world import WORLD_BACKBONES
 
-    backbone, _, tokenizer = load_backbone(name, "")
+    backbone, params, tokenizer = load_backbone(name, "")
+    ratio = _image_flops(backbone, params) / _image_flops(*load_backbone("world", "")[:2])
+    assert flops[0] < ratio < flops[1], ratio
     cfg = backbone.cfg
     assert (cfg.vision_layers, cfg.vision_width, cfg.vision_heads) == (8, width, width // 64)
     shipped = load_backbone("world", "")[0].cfg
