@@ -14,7 +14,7 @@ from aple_jax.world.datasets import build_world_dataset
 
 WORLD_CLIP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "world_clip")
 # The larger world CLIPs, grown from the shipped one and trained on (docs/world.md): 8 vision layers (`world-large`),
-# and those twice as wide (`world-xl`, 8 times the shipped vision tower's FLOPs).
+# and those twice as wide (`world-xl`, 7.2 times the shipped image FLOPs by XLA's count; tests/test_world.py).
 WORLD_CLIP_LARGE_DIR = WORLD_CLIP_DIR + "_large"
 WORLD_CLIP_XL_DIR = WORLD_CLIP_DIR + "_xl"
 # Backbone names that need no backbone.weights: the shipped world CLIPs.
