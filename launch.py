@@ -9,7 +9,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aple_jax.errors import TRACEBACK_ENV, error_boundary
+from aple_jax.errors import TRACEBACK_ENV, error_boundary, exit_at_once_after_storage_faults
 from aple_jax.flag_errors import parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally with :arguments.",
@@ -33,4 +33,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=lambda argv: parse_flags(flags.FLAGS, argv))
+    with exit_at_once_after_storage_faults():
+        app.run(main, flags_parser=lambda argv: parse_flags(flags.FLAGS, argv))

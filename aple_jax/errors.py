@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import errno
+import logging
 import os
 import re
 import shlex
@@ -243,11 +244,30 @@ def error_boundary() -> Iterator[None]:
         _exit_with(fault, e)
 
 
+class StorageFaultExit(SystemExit):
+    """The exit of a process that a storage fault ended (see `exit_at_once_after_storage_faults`)."""
+
+
 def _exit_with(error: AplejaxError, original: BaseException | None = None) -> None:
     if show_traceback():
         raise original or error
     print(format_error(error), file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_USER_ERROR) from None
+    raise (StorageFaultExit if isinstance(error, StorageFaultError) else SystemExit)(EXIT_USER_ERROR) from None
+
+
+@contextlib.contextmanager
+def exit_at_once_after_storage_faults() -> Iterator[None]:
+    """Around an entry point that saves checkpoints, outside its error boundary: after a storage fault's error line
+    the process ends at once. orbax's background save threads that wait for a step of the failed save would
+    otherwise hold the interpreter's shutdown for orbax's coordination timeout (300 s); nothing they could still
+    write reaches the failed storage, and the checkpoints committed before are whole."""
+    try:
+        yield
+    except StorageFaultExit as stop:
+        logging.shutdown()            # the log files' last lines
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stop.code)
 
 
 def resume_command() -> str:

@@ -168,6 +168,28 @@ def test_the_boundary_turns_storage_faults_anywhere_into_one_line(monkeypatch):
             raise ValueError("RESOURCE_EXHAUSTED is just a word here")
 
 
+QUIET_ENV = {k: v for k, v in os.environ.items() if k != "APLE_JAX_TRACEBACK"}
+STUCK_SAVE = """
+import sys, threading; sys.path.insert(0, '.')
+from aple_jax.errors import {fault}, error_boundary, exit_at_once_after_storage_faults
+threading.Thread(target=threading.Event().wait, name="a save waiting for a signal that never comes").start()
+with exit_at_once_after_storage_faults(), error_boundary():
+    raise {fault}("cannot write gs://b/runs/x/checkpoints: the storage server did not answer")
+"""
+
+
+def test_a_storage_fault_ends_the_process_without_waiting_for_stuck_save_threads():
+    """orbax's save threads of a failed save may wait out a 300 s timeout; launch.py does not wait for them. Any
+    other error still leaves at interpreter shutdown (here it would wait forever: the timeout proves it)."""
+    proc = subprocess.run([sys.executable, "-c", STUCK_SAVE.format(fault="StorageFaultError")], cwd=cli.REPO,
+                          env=QUIET_ENV, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[0].startswith("error: cannot write gs://b/runs/x/checkpoints"), proc.stderr
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([sys.executable, "-c", STUCK_SAVE.format(fault="CheckpointError")], cwd=cli.REPO,
+                       env=QUIET_ENV, capture_output=True, text=True, timeout=5)
+
+
 def test_a_storage_fault_while_restoring_deletes_no_checkpoint(tmp_path, monkeypatch):
     from aple_jax.checkpoint import RunCheckpoints
     state = {"w": np.arange(4.0)}

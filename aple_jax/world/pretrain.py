@@ -51,7 +51,7 @@ from aple_jax.clip.model import CLIP, CLIPConfig, init_params
 from aple_jax.clip.tokenizer import Tokenizer
 from aple_jax.clip.weights import load_clip, save_hf
 from aple_jax.data.transforms import normalize
-from aple_jax.errors import error_boundary
+from aple_jax.errors import error_boundary, exit_at_once_after_storage_faults
 from aple_jax.sharding import local_batch_size, make_mesh, replicate, shard_batch
 from aple_jax.world.attributes import sample_groups
 from aple_jax.world.bpe import train_world_bpe
@@ -282,5 +282,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with error_boundary():
+    with exit_at_once_after_storage_faults(), error_boundary():
         main()
