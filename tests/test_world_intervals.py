@@ -1,7 +1,12 @@
 """docs/world_studies/intervals.py recomputes the intervals docs/world.md quotes from the studies' per-seed values."""
+import json
 import os
+import re
 import subprocess
 import sys
+from statistics import harmonic_mean
+
+from aple_jax.stats import Stat, paired
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,3 +27,37 @@ def test_intervals_quoted_in_world_md():
                    "APLe keeps the most of the others (59.9) and CoCoOp the second most (55.7), but their difference "
                    "is within noise (+4.3 [-18.5, +27.1])", "-7.4 [-10.0, -4.7]"):
         assert quoted in world_md, quoted
+
+
+PLUGIN_ROW = re.compile(r"^\| (\w+)\+(DePT|DPC) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (.+?) \| (.+?) \| (.+?) \|$")
+INTERVAL = re.compile(r"^([+-][\d.]+) \[([-\d.]+), ([-\d.]+)\]$")
+
+
+def _quoted(cell: str, diff: Stat) -> None:
+    """`+9.1 [7.5, 10.7]` quotes `diff` to one decimal; `0.0 (equal seed by seed)` says every difference is 0."""
+    if cell == "0.0 (equal seed by seed)":
+        assert diff.values == [0.0] * diff.n, diff
+        return
+    mean, low, high = (float(x) for x in INTERVAL.match(cell).groups())
+    assert diff.ci95 is not None, diff
+    assert (mean, low, high) == tuple(round(x, 1) for x in (diff.mean, *diff.ci95)), (cell, diff)
+
+
+def test_plugin_rows_in_world_md_are_the_joined_study():
+    """Each +DePT / +DPC row of docs/world.md's plug-in table: base, new and HM of the joined b2n results.json, and
+    the differences paired by seed with its base method, interval included."""
+    with open(os.path.join(ROOT, "docs", "world_studies", "b2n", "results.json")) as f:
+        averages = {row["method"]: row["average"] for row in json.load(f)["base2new"] if not row["tag"]}
+    rows = [m.groups() for line in open(os.path.join(ROOT, "docs", "world.md")) if (m := PLUGIN_ROW.match(line))]
+    assert len(rows) == 7, rows           # DePT over the four bases; DPC over MaPLe, PromptSRC and APLe
+    for base_name, plugin, base, new, hm, base_diff, new_diff, hm_diff in rows:
+        method, with_plugin = base_name.lower(), f"{base_name}+{plugin}".lower()
+        mine, theirs = averages[with_plugin], averages[method]
+        assert (float(base), float(new), float(hm)) == tuple(round(mine[k], 2) for k in ("base", "new", "hm"))
+        per_seed = {name: {k: dict(zip(avg["seeds"], avg[f"{k}_per_seed"]["values"])) for k in ("base", "new")}
+                    for name, avg in (("mine", mine), ("theirs", theirs))}
+        hm_of = {name: {s: harmonic_mean([v["base"][s], v["new"][s]]) for s in v["base"]}
+                 for name, v in per_seed.items()}
+        _quoted(base_diff, paired(per_seed["mine"]["base"], per_seed["theirs"]["base"])[0])
+        _quoted(new_diff, paired(per_seed["mine"]["new"], per_seed["theirs"]["new"])[0])
+        _quoted(hm_diff, paired(hm_of["mine"], hm_of["theirs"])[0])
