@@ -29,8 +29,8 @@ PROMPT_KEYS = ("method", "plugin", "backbone.name", "backbone.weights", "prompts
 # alpha / sqrt(rank), MMRL's fusion of class and representation logits and MMRL++'s token mixing, APLe's image
 # adapter at test; a plug-in names its own (`eval_settings`, e.g. DePT's and DPC's mixing weights). A file written
 # before they were recorded is held to what its `run_config` says; one without a run_config is not checked on them.
-SETTING_KEYS = ("lora.alpha", "mmrl.alpha", "mmrl.beta", "adapter.enabled", "adapter.apply_test", "adapter.sigma",
-                "adapter.alpha", "adapter.freq_units", "adapter.kernel_norm")
+SETTING_KEYS = ("lora.alpha", "mmrl.alpha", "mmrl.plus", "mmrl.beta", "adapter.enabled", "adapter.apply_test",
+                "adapter.sigma", "adapter.alpha", "adapter.freq_units", "adapter.kernel_norm")
 
 
 def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -168,7 +168,7 @@ def check_provenance(source: paths.PathLike, meta: dict[str, Any] | None, config
                                   hint="evaluate it with the config of the method, lengths and depths it was "
                                        "trained with")
     if "config" in meta:
-        trained, current = recorded_prompt_config(meta), prompt_config(config)
+        trained, current = (_effective(c) for c in (recorded_prompt_config(meta), prompt_config(config)))
         diff = sorted(k for k in set(trained) | set(current) if trained.get(k) != current.get(k)
                       and (k.startswith(PROMPT_KEYS) or k in trained))   # a setting recorded in neither: unchecked
         details = lambda keys: ", ".join(f"{k}: trained {trained.get(k)!r}, now {current.get(k)!r}" for k in keys)
@@ -188,6 +188,12 @@ def check_provenance(source: paths.PathLike, meta: dict[str, Any] | None, config
                                   f"{trained['classnames'][:5]}..., but this evaluation's base classes are "
                                   f"{list(base_classnames)[:5]}...: use the dataset, seed and shots of the training "
                                   f"run")
+
+
+def _effective(settings: dict[str, Any]) -> dict[str, Any]:
+    """A flat prompt config without the settings its switches leave without effect: MMRL++'s token mixing
+    (`mmrl.beta`) in plain MMRL (a file recorded before `mmrl.plus` was: plain MMRL)."""
+    return settings if settings.get("mmrl.plus") else {k: v for k, v in settings.items() if k != "mmrl.beta"}
 
 
 def recorded_prompt_config(meta: dict[str, Any]) -> dict[str, Any]:

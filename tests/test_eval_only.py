@@ -151,6 +151,17 @@ def test_a_setting_that_changes_logits_is_recorded_and_a_mismatch_refused(tmp_pa
     assert f"{key}={stored!r}" in info.value.hint
 
 
+def test_mmrl_plus_token_mixing_is_checked_only_where_it_mixes(tmp_path):
+    plain = _settings_file(tmp_path / "plain.npz", tiny_config("mmrl", "tiny"))
+    _provenance(plain, tiny_config("mmrl", "tiny", mmrl__beta=0.3))        # plain MMRL: beta has no effect
+    with pytest.raises(ValueError, match="other settings, which change their logits \\(mmrl.plus: trained False, "
+                                         "now True\\)"):
+        _provenance(plain, tiny_config("mmrl", "tiny,plus"))
+    plus = _settings_file(tmp_path / "plus.npz", tiny_config("mmrl", "tiny,plus"))
+    with pytest.raises(ValueError, match="mmrl.beta: trained 0.9, now 0.3\\)"):
+        _provenance(plus, tiny_config("mmrl", "tiny,plus", mmrl__beta=0.3))
+
+
 def test_a_plugins_settings_count_at_their_defaults_and_only_while_it_is_on(tmp_path):
     from aple_jax.prompt_files import prompt_config
     on = tiny_config("coop", "tiny,plugin=dpc")
