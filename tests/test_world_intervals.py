@@ -49,7 +49,7 @@ def test_plugin_rows_in_world_md_are_the_joined_study():
     with open(os.path.join(ROOT, "docs", "world_studies", "b2n", "results.json")) as f:
         averages = {row["method"]: row["average"] for row in json.load(f)["base2new"] if not row["tag"]}
     rows = [m.groups() for line in open(os.path.join(ROOT, "docs", "world.md")) if (m := PLUGIN_ROW.match(line))]
-    assert len(rows) == 7, rows           # DePT over the four bases; DPC over MaPLe, PromptSRC and APLe
+    assert len(rows) == 8, rows           # DePT and DPC over MaPLe, PromptSRC, APLe and CoOp
     for base_name, plugin, base, new, hm, base_diff, new_diff, hm_diff in rows:
         method, with_plugin = base_name.lower(), f"{base_name}+{plugin}".lower()
         mine, theirs = averages[with_plugin], averages[method]
