@@ -34,7 +34,7 @@ INTERVAL = re.compile(r"^([+-][\d.]+) \[([-\d.]+), ([-\d.]+)\]$")
 
 
 def _quoted(cell: str, diff: Stat) -> None:
-    """`+9.1 [7.5, 10.7]` quotes `diff` to one decimal; `0.0 (equal seed by seed)` says every difference is 0."""
+    """`+9.1 [7.4, 10.7]` quotes `diff` to one decimal; `0.0 (equal seed by seed)` says every difference is 0."""
     if cell == "0.0 (equal seed by seed)":
         assert diff.values == [0.0] * diff.n, diff
         return
