@@ -20,12 +20,15 @@ def test_intervals_quoted_in_world_md():
                    "within noise",
                    "aple - cocoop, DG WorldScenes: 59.93 - 55.66 = +4.27 ± 9.18, 95% [-18.53, +27.07]",
                    "no_stage2 - full, base: 24.27 - 31.63 = -7.36 ± 1.06, 95% [-10.00, -4.72] over seeds [1, 2, 3]: "
-                   "full above no_stage2"):
+                   "full above no_stage2",
+                   "xl - large, base: +2.87 ± 5.65, 95% [-0.92, +6.67] over 11 datasets (8 up, 2 down): within noise",
+                   "xl - large, new: +0.24 ± 6.75, 95% [-4.30, +4.78] over 11 datasets (6 up, 4 down): within noise"):
         assert quoted in out, quoted
     world_md = " ".join(open(os.path.join(ROOT, "docs", "world.md")).read().split())   # line breaks as spaces
     for quoted in ("10.8 points above zero-shot** (95% interval [8.7, 13.0]", "APLe - MaPLe +2.5 [-0.8, 5.8]",
                    "APLe keeps the most of the others (59.9) and CoCoOp the second most (55.7), but their difference "
-                   "is within noise (+4.3 [-18.5, +27.1])", "-7.4 [-10.0, -4.7]"):
+                   "is within noise (+4.3 [-18.5, +27.1])", "-7.4 [-10.0, -4.7]",
+                   "+2.9 [-0.9, 6.7] (8 datasets up, 2 down) | +0.2 [-4.3, 4.8] (6 up, 4 down)"):
         assert quoted in world_md, quoted
 
 

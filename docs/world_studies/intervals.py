@@ -141,6 +141,19 @@ def ablation_suite1() -> None:
             line(f"{tag} - full, {m}", average(t, [f"aple-{tag}"], m), average(t, ["aple"], m), (tag, "full"))
 
 
+def teachers() -> None:
+    """One seed each, so paired over the datasets: PromptSRC's teachers on world-xl against the world study's on
+    world-large."""
+    xl, large = load("xl_teachers"), load("b2n")
+    print("\nPromptSRC teachers, world-xl (xl_teachers) - world-large (b2n, tag teacher), seed 1, over the 11 datasets")
+    for m in ("base", "new"):
+        pairs = {d: (v[1], large[("promptsrc-teacher", d, m)][1]) for (s, d, mm), v in xl.items() if mm == m}
+        diff = Stat.of([a - b for a, b in pairs.values()])
+        up, down = sum(a > b for a, b in pairs.values()), sum(a < b for a, b in pairs.values())
+        print(f"- xl - large, {m}: {diff.mean:+.2f} ± {diff.std:.2f}, 95% [{diff.ci95[0]:+.2f}, {diff.ci95[1]:+.2f}] "
+              f"over {diff.n} datasets ({up} up, {down} down): {verdict(diff.ci95, 'xl', 'large')}")
+
+
 def main() -> None:
     b2n("b2n", "base-to-novel, factor 1.0")
     b2n("b2n_06", "base-to-novel, factor 0.6")
@@ -151,6 +164,7 @@ def main() -> None:
     ablation()
     b2n("b2n_suite1", "base-to-novel, first suite, factor 0.2")
     ablation_suite1()
+    teachers()
 
 
 if __name__ == "__main__":
